@@ -19,6 +19,7 @@ trained; the specialists stay bit-identical.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -56,6 +57,12 @@ class EoSFM(nn.Module):
         width_multiplier: Multiplier of the default output widths.
         batch_streams: Run all streams of one specialist as one batched call.
         channels_last: Run the specialists in channels-last memory format.
+        specialists_in_state_dict: Whether ``state_dict()`` holds the frozen
+            specialists. When ``False`` it holds only the trained head
+            (selection, normalisation statistics, fusion) plus the names and
+            SHA-256 digests of the specialists, loading such a state dict
+            leaves the specialists as they are, and a strict load still
+            succeeds when the digests match.
 
     Raises:
         ValueError: No specialist can use the input, specialists disagree on
@@ -77,6 +84,7 @@ class EoSFM(nn.Module):
         width_multiplier: float = 1.0,
         batch_streams: bool = True,
         channels_last: bool = False,
+        specialists_in_state_dict: bool = True,
     ) -> None:
         super().__init__()
         if not specialists:
@@ -109,6 +117,10 @@ class EoSFM(nn.Module):
             out_channels = [int(round(c * width_multiplier)) for c in built[0].channels]
         self.fusion = Fusion(stream_channels, out_channels)
         self._streams_of = {i: [j for j, s in enumerate(self.streams) if s.specialist == i] for i in range(len(built))}
+        self.specialists_in_state_dict = specialists_in_state_dict
+        self._digest_cache: dict[int, tuple[tuple[int, ...], str]] = {}
+        self.register_state_dict_post_hook(_drop_specialists_hook)
+        self.register_load_state_dict_post_hook(_ignore_missing_specialists_hook)
         logger.info("EoS-FM: %d specialists, %d streams, output widths %s",
                     len(built), len(self.streams), list(out_channels))
 
@@ -169,6 +181,70 @@ class EoSFM(nn.Module):
              tuple("0" if src is None else labels[src] for src in s.sources))
             for s in self.streams
         ]
+
+
+    def specialist_digests(self) -> dict[str, str]:
+        """Return the SHA-256 digest of each specialist's weights, by name."""
+        return {s.name: self._digest(i) for i, s in enumerate(self.specialists)}
+
+    def get_extra_state(self) -> dict:
+        """Record which specialists the trained head was fitted on."""
+        return {"specialists": [s.name for s in self.specialists], "sha256": self.specialist_digests()}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Check that a loaded head was trained on these specialists.
+
+        Raises:
+            ValueError: The state names other specialists or other weights.
+        """
+        names = [s.name for s in self.specialists]
+        if list(state.get("specialists", [])) != names:
+            raise ValueError(
+                f"This checkpoint was trained on specialists {state.get('specialists')} but the "
+                f"ensemble has {names}; build the ensemble with the same specialists."
+            )
+        if self.specialists_in_state_dict:
+            return  # The specialists' weights are loaded from the same state dict.
+        current = self.specialist_digests()
+        changed = [n for n, digest in state.get("sha256", {}).items() if current.get(n) != digest]
+        if changed:
+            raise ValueError(
+                f"Specialists {changed} have other weights than those this checkpoint was trained "
+                "with; load the same specialist weights (load_encoder_weights) before the checkpoint."
+            )
+
+    def _digest(self, index: int) -> str:
+        specialist = self.specialists[index]
+        tensors = specialist.state_dict()
+        versions = tuple(t._version for t in tensors.values())
+        cached = self._digest_cache.get(index)
+        if cached is None or cached[0] != versions:
+            cached = (versions, tensor_digest(tensors))
+            self._digest_cache[index] = cached
+        return cached[1]
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Return a SHA-256 digest of named tensors: names, dtypes, shapes and values."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _drop_specialists_hook(module: EoSFM, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    if not module.specialists_in_state_dict:
+        for key in [k for k in state_dict if k.startswith(prefix + "specialists.")]:
+            del state_dict[key]
+
+
+def _ignore_missing_specialists_hook(module: EoSFM, incompatible_keys) -> None:
+    # Post hooks may edit the reported keys in place; strict loading checks them afterwards.
+    if not module.specialists_in_state_dict:
+        missing = incompatible_keys.missing_keys
+        missing[:] = [k for k in missing if ".specialists." not in f".{k}"]
 
 
 def _check_same_pyramid(specialists: Sequence[Specialist]) -> None:
