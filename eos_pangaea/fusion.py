@@ -63,6 +63,8 @@ class Fusion(nn.Module):
         key = (level, streams)
         columns = self._column_cache.get(key)
         if columns is None or columns.device != device:
+            if len(self._column_cache) >= 256:
+                self._column_cache.clear()  # top-k sets change rarely after warm-up
             offsets = self.offsets[level]
             columns = torch.cat([torch.arange(offsets[s], offsets[s + 1]) for s in streams]).to(device)
             self._column_cache[key] = columns
