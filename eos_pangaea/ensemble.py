@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from eos_pangaea.bands import BandAdapter, Stream, plan_streams
+from eos_pangaea.execution import ExecutionStrategy, run_selected
+from eos_pangaea.execution import run_specialist as _run_specialist
 from eos_pangaea.fusion import Fusion
 from eos_pangaea.normalization import StreamNorms
 from eos_pangaea.selection import SpecialistSelection
@@ -57,6 +59,11 @@ class EoSFM(nn.Module):
         width_multiplier: Multiplier of the default output widths.
         batch_streams: Run all streams of one specialist as one batched call.
         channels_last: Run the specialists in channels-last memory format.
+        execution: How to run the specialists (see
+            :mod:`eos_pangaea.execution`): an ``ExecutionStrategy``, a mapping
+            of its fields, ``"plain"``, or ``"auto"`` for the default of the
+            input's device. When ``None`` (default), ``batch_streams`` and
+            ``channels_last`` decide.
         specialists_in_state_dict: Whether ``state_dict()`` holds the frozen
             specialists. When ``False`` it holds only the trained head
             (selection, normalisation statistics, fusion) plus the names and
@@ -84,6 +91,7 @@ class EoSFM(nn.Module):
         width_multiplier: float = 1.0,
         batch_streams: bool = True,
         channels_last: bool = False,
+        execution: ExecutionStrategy | str | Mapping[str, bool] | None = None,
         specialists_in_state_dict: bool = True,
     ) -> None:
         super().__init__()
@@ -96,6 +104,7 @@ class EoSFM(nn.Module):
         self.dataset = dataset
         self.batch_streams = batch_streams
         self.channels_last = channels_last
+        self.execution = None if execution is None else ExecutionStrategy.from_value(execution)
         if channels_last:
             self.specialists.to(memory_format=torch.channels_last)
 
@@ -151,27 +160,26 @@ class EoSFM(nn.Module):
 
         stream_ids: list[int] = []
         pyramids: list[list[torch.Tensor]] = []
-        for specialist in selected:
-            ids = self._streams_of[specialist]
-            for stream, features in zip(ids, self.run_specialist(specialist, ids, stacked)):
-                features = self.norms(stream, features)
-                stream_ids.append(stream)
-                pyramids.append(self.selection(specialist, features))
+        strategy = self.execution_strategy(stacked.device)
+        for specialist, stream, features in run_selected(self, selected, stacked, strategy):
+            features = self.norms(stream, features)
+            stream_ids.append(stream)
+            pyramids.append(self.selection(specialist, features))
 
         pyramids = _match_sizes(pyramids)
         return self.fusion(stream_ids, pyramids)
 
     def run_specialist(self, specialist: int, stream_ids: Sequence[int], stacked: torch.Tensor) -> list[list[torch.Tensor]]:
         """Run one specialist on each of its streams and return one pyramid per stream."""
-        inputs = [self.adapter.gather(stacked, stream) for stream in stream_ids]
-        model = self.specialists[specialist]
-        if self.channels_last:
-            inputs = [i.contiguous(memory_format=torch.channels_last) for i in inputs]
-        if not self.batch_streams or len(inputs) == 1:
-            return [model(i) for i in inputs]
-        batch = inputs[0].shape[0]
-        levels = model(torch.cat(inputs, dim=0))
-        return [[level[n * batch:(n + 1) * batch] for level in levels] for n in range(len(inputs))]
+        return _run_specialist(self, specialist, stream_ids, stacked, self.execution_strategy(stacked.device))
+
+    def execution_strategy(self, device: torch.device) -> ExecutionStrategy:
+        """Return how the specialists run on ``device`` (see :mod:`eos_pangaea.execution`)."""
+        if self.execution == "auto":
+            return ExecutionStrategy.for_device(device)
+        if self.execution is None:
+            return ExecutionStrategy(batch_streams=self.batch_streams, channels_last=self.channels_last)
+        return self.execution
 
     def describe_streams(self) -> list[tuple[str, str, tuple[str, ...]]]:
         """Return ``(specialist, route name, input labels)`` for every stream."""

@@ -1,0 +1,296 @@
+"""How the selected specialists of an EoS-FM ensemble are executed.
+
+Step 2 of EoS-FM runs every selected specialist on each of its streams. The
+result does not depend on how those calls are arranged, but the speed does,
+so the arrangement is an :class:`ExecutionStrategy`:
+
+- ``batch_streams``: the streams of one specialist go through it as one
+  call, concatenated along the batch.
+- ``stack_specialists``: specialists with the same architecture and the same
+  number of streams run together as one call, with their weights stacked by
+  :func:`torch.func.stack_module_state` and the forward vectorised by
+  :func:`torch.vmap`.
+- ``channels_last``: inputs and specialists use the channels-last memory
+  format (not applied inside stacked groups).
+- ``bf16_autocast``: the specialists run under bfloat16 autocast; their
+  features are cast back to the input dtype before normalisation.
+
+Every strategy gives the plain one-specialist-at-a-time loop's features
+within float tolerance (bfloat16 within bfloat16 tolerance);
+``tests/test_execution.py`` checks each one. :data:`DEVICE_DEFAULTS` holds the
+strategy that ``execution="auto"`` picks per device type, chosen from
+``benchmarks/bench_ensemble.py`` (results in ``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state
+
+if TYPE_CHECKING:
+    from eos_pangaea.ensemble import EoSFM
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExecutionStrategy:
+    """How the selected specialists are run; every field is a speed option.
+
+    Attributes:
+        batch_streams: Run all streams of one specialist as one call.
+        stack_specialists: Run same-architecture specialists with the same
+            number of streams as one vectorised call.
+        channels_last: Use the channels-last memory format for specialists
+            that run alone.
+        bf16_autocast: Run the specialists under bfloat16 autocast.
+    """
+
+    batch_streams: bool = True
+    stack_specialists: bool = False
+    channels_last: bool = False
+    bf16_autocast: bool = False
+
+    @classmethod
+    def for_device(cls, device: torch.device | str) -> ExecutionStrategy:
+        """Return the default strategy of a device type (see :data:`DEVICE_DEFAULTS`)."""
+        return DEVICE_DEFAULTS.get(torch.device(device).type, PLAIN)
+
+    @classmethod
+    def from_value(cls, value: ExecutionStrategy | str | Mapping[str, bool]) -> ExecutionStrategy | str:
+        """Convert a config value to a strategy, or return ``"auto"`` unchanged.
+
+        Args:
+            value: A strategy, ``"auto"`` (the device's default, decided at
+                each forward), ``"plain"`` (one call per stream), or a mapping
+                of field names to booleans, as in a Hydra config.
+
+        Raises:
+            ValueError: An unknown name or field, or a non-boolean value.
+        """
+        if isinstance(value, ExecutionStrategy):
+            return value
+        if isinstance(value, str):
+            if value == "auto":
+                return value
+            if value == "plain":
+                return PLAIN
+            raise ValueError(f"execution={value!r} is invalid; use 'auto', 'plain' or a mapping of {_FIELD_NAMES}")
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(_FIELD_NAMES))
+            if unknown:
+                raise ValueError(f"Unknown execution options {unknown}; the options are {_FIELD_NAMES}")
+            for name, flag in value.items():
+                if not isinstance(flag, bool):
+                    raise ValueError(f"Execution option {name}={flag!r} is invalid; use true or false")
+            return cls(**dict(value))
+        raise ValueError(f"execution={value!r} is invalid; use 'auto', 'plain' or a mapping of {_FIELD_NAMES}")
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(ExecutionStrategy))
+
+#: One call per stream, float32, contiguous: the reference every strategy is tested against.
+PLAIN = ExecutionStrategy(batch_streams=False)
+
+#: What ``execution="auto"`` uses per device type. CPU: chosen from the
+#: measurements in ``docs/benchmarks.md`` (2-core AMD EPYC, torch 2.14.1).
+#: NOTE: no GPU was measured; CUDA keeps the core's previous behaviour
+#: (streams batched, nothing else) until ``benchmarks/bench_ensemble.py``
+#: shows on a GPU which options pay.
+DEVICE_DEFAULTS: dict[str, ExecutionStrategy] = {
+    "cpu": ExecutionStrategy(batch_streams=True),
+    "cuda": ExecutionStrategy(batch_streams=True),
+}
+
+
+def run_selected(
+    model: EoSFM,
+    selected: Sequence[int],
+    stacked: torch.Tensor,
+    strategy: ExecutionStrategy,
+) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
+    """Run the selected specialists on their streams.
+
+    Args:
+        model: The ensemble.
+        selected: Indices of the specialists to run, ascending.
+        stacked: The input with every modality concatenated along channels.
+        strategy: How to arrange the calls.
+
+    Yields:
+        ``(specialist, stream, pyramid)`` in ensemble order of specialists
+        and, within one specialist, of streams. Pyramids have the dtype of
+        ``stacked``.
+    """
+    autocast = (
+        torch.autocast(stacked.device.type, dtype=torch.bfloat16) if strategy.bf16_autocast else nullcontext()
+    )
+    with autocast:
+        if strategy.stack_specialists:
+            results = _run_stacked_groups(model, selected, stacked, strategy)
+        else:
+            results = {i: run_specialist(model, i, model._streams_of[i], stacked, strategy) for i in selected}
+
+    for specialist in selected:
+        for stream, pyramid in zip(model._streams_of[specialist], results[specialist]):
+            yield specialist, stream, [level.to(stacked.dtype) for level in pyramid]
+
+
+def run_specialist(
+    model: EoSFM,
+    specialist: int,
+    stream_ids: Sequence[int],
+    stacked: torch.Tensor,
+    strategy: ExecutionStrategy,
+) -> list[list[torch.Tensor]]:
+    """Run one specialist on each of its streams and return one pyramid per stream."""
+    inputs = [model.adapter.gather(stacked, stream) for stream in stream_ids]
+    module = model.specialists[specialist]
+    if strategy.channels_last:
+        _ensure_channels_last(model, specialist)
+        inputs = [i.contiguous(memory_format=torch.channels_last) for i in inputs]
+    if not strategy.batch_streams or len(inputs) == 1:
+        return [module(i) for i in inputs]
+    batch = inputs[0].shape[0]
+    levels = module(torch.cat(inputs, dim=0))
+    return [[level[n * batch:(n + 1) * batch] for level in levels] for n in range(len(inputs))]
+
+
+def _run_stacked_groups(
+    model: EoSFM,
+    selected: Sequence[int],
+    stacked: torch.Tensor,
+    strategy: ExecutionStrategy,
+) -> dict[int, list[list[torch.Tensor]]]:
+    """Run groups of same-architecture specialists with vmap and the rest alone."""
+    groups: dict[tuple, list[int]] = {}
+    for specialist in selected:
+        key = (_architecture_key(model, specialist), len(model._streams_of[specialist]))
+        groups.setdefault(key, []).append(specialist)
+
+    results: dict[int, list[list[torch.Tensor]]] = {}
+    for (architecture, _), members in groups.items():
+        if len(members) == 1:
+            member = members[0]
+            results[member] = run_specialist(model, member, model._streams_of[member], stacked, strategy)
+        else:
+            results.update(_run_group(model, members, architecture, stacked))
+    return results
+
+
+def _run_group(
+    model: EoSFM,
+    members: Sequence[int],
+    architecture: tuple,
+    stacked: torch.Tensor,
+) -> dict[int, list[list[torch.Tensor]]]:
+    """Run specialists of one architecture as a single vectorised call.
+
+    Every member receives its streams concatenated along the batch, so the
+    vectorised input is ``(members, streams * B, C, H, W)``.
+    """
+    batch = stacked.shape[0]
+    inputs = torch.stack([
+        torch.cat([model.adapter.gather(stacked, s) for s in model._streams_of[m]], dim=0) for m in members
+    ])
+    params, buffers = _stacked_state(model, members, stacked.device)
+    template = _template(model, members[0], architecture)
+
+    def call(p: dict, b: dict, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(functional_call(template, (p, b), (x,)))
+
+    with torch.no_grad():
+        levels = torch.vmap(call)(params, buffers, inputs)
+
+    results = {}
+    for row, member in enumerate(members):
+        count = len(model._streams_of[member])
+        results[member] = [[level[row, n * batch:(n + 1) * batch] for level in levels] for n in range(count)]
+    return results
+
+
+class _ModelCache:
+    """Per-ensemble caches of stacked weights, templates and architecture keys."""
+
+    def __init__(self) -> None:
+        self.stacked: dict[tuple[int, ...], tuple[tuple, dict, dict]] = {}
+        self.templates: dict[tuple, nn.Module] = {}
+        self.architectures: dict[int, tuple] = {}
+        self.channels_last: set[int] = set()
+
+
+_CACHES: weakref.WeakKeyDictionary[nn.Module, _ModelCache] = weakref.WeakKeyDictionary()
+
+# Stacked copies of this many member sets are kept per ensemble; during
+# training the top-k set changes rarely, and in eval mode never.
+_MAX_STACKED_SETS = 2
+
+
+def _cache(model: EoSFM) -> _ModelCache:
+    cache = _CACHES.get(model)
+    if cache is None:
+        cache = _CACHES[model] = _ModelCache()
+    return cache
+
+
+def _architecture_key(model: EoSFM, specialist: int) -> tuple:
+    """Return the module type plus every parameter and buffer name and shape."""
+    cache = _cache(model)
+    key = cache.architectures.get(specialist)
+    if key is None:
+        backbone = model.specialists[specialist].backbone
+        shapes = tuple((name, tuple(t.shape)) for name, t in _named_tensors(backbone))
+        key = cache.architectures[specialist] = (type(backbone).__qualname__, shapes)
+    return key
+
+
+def _template(model: EoSFM, specialist: int, architecture: tuple) -> nn.Module:
+    """Return a weightless (meta-device) copy of a backbone for ``functional_call``."""
+    cache = _cache(model)
+    template = cache.templates.get(architecture)
+    if template is None:
+        template = cache.templates[architecture] = copy.deepcopy(model.specialists[specialist].backbone).to("meta")
+    return template
+
+
+def _stacked_state(model: EoSFM, members: Sequence[int], device: torch.device) -> tuple[dict, dict]:
+    """Return the members' stacked parameters and buffers, rebuilt when any weight changed.
+
+    A weight counts as changed when its storage or its version counter
+    changed, which covers ``load_state_dict``, in-place edits and ``.to()``.
+    """
+    backbones = [model.specialists[m].backbone for m in members]
+    fingerprint = (device, tuple((t.data_ptr(), t._version) for b in backbones for _, t in _named_tensors(b)))
+    cache = _cache(model)
+    key = tuple(members)
+    entry = cache.stacked.get(key)
+    if entry is None or entry[0] != fingerprint:
+        params, buffers = stack_module_state(backbones)
+        entry = (fingerprint, params, buffers)
+        cache.stacked.pop(key, None)
+        while len(cache.stacked) >= _MAX_STACKED_SETS:
+            cache.stacked.pop(next(iter(cache.stacked)))
+        cache.stacked[key] = entry
+        logger.debug("Stacked the weights of specialists %s", list(members))
+    return entry[1], entry[2]
+
+
+def _named_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from module.named_parameters()
+    yield from module.named_buffers()
+
+
+def _ensure_channels_last(model: EoSFM, specialist: int) -> None:
+    cache = _cache(model)
+    if specialist not in cache.channels_last:
+        model.specialists[specialist].to(memory_format=torch.channels_last)
+        cache.channels_last.add(specialist)

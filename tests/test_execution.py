@@ -1,0 +1,184 @@
+"""Execution strategies give the plain loop's features and run only the selected specialists."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eos_pangaea import execution
+from eos_pangaea.ensemble import EoSFM
+from eos_pangaea.execution import PLAIN, ExecutionStrategy
+from eos_pangaea.specialists import SpecialistSpec
+
+S2_BANDS = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
+INPUT_BANDS = {"optical": S2_BANDS, "sar": ["VV", "VH"]}
+
+# Three RGB specialists (three streams each on this input: rgb, ir_r_g and
+# sar_pseudo_rgb), one IR-R-G specialist (three streams) and one 13-band
+# specialist (one stream): two architectures, two stream counts.
+SPECS = [
+    SpecialistSpec("rgb-a", ("B04", "B03", "B02")),
+    SpecialistSpec("rgb-b", ("B04", "B03", "B02")),
+    SpecialistSpec("s2-13", tuple(S2_BANDS)),
+    SpecialistSpec("irrg", ("B08", "B04", "B03")),
+    SpecialistSpec("rgb-c", ("B04", "B03", "B02")),
+]
+
+FLOAT_STRATEGIES = {
+    "batch_streams": ExecutionStrategy(batch_streams=True),
+    "stack_specialists": ExecutionStrategy(batch_streams=True, stack_specialists=True),
+    "stack_unbatched": ExecutionStrategy(batch_streams=False, stack_specialists=True),
+    "channels_last": ExecutionStrategy(batch_streams=True, channels_last=True),
+}
+
+
+def _ensemble(top_k: int | None = None) -> EoSFM:
+    torch.manual_seed(0)
+    model = EoSFM(SPECS, INPUT_BANDS, top_k=top_k, warmup_steps=1 if top_k else 0, execution=PLAIN)
+    # Distinct weights so that top-k keeps a known set: rgb-a, s2-13, rgb-c.
+    with torch.no_grad():
+        model.selection.weight.copy_(torch.tensor([3.0, 1.0, 2.5, 0.5, 2.0]))
+    # Running statistics away from 0/1, so eval-mode normalisation matters.
+    for norms in model.norms.norms:
+        for norm in norms:
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _inputs() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return {
+        "optical": torch.randn(2, 13, 32, 32, generator=generator),
+        "sar": torch.randn(2, 2, 32, 32, generator=generator),
+    }
+
+
+def _features(model: EoSFM, strategy: ExecutionStrategy, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    model.execution = strategy
+    with torch.no_grad():
+        return model(x)
+
+
+def _assert_close(actual: list[torch.Tensor], expected: list[torch.Tensor], rtol: float, atol: float) -> None:
+    assert len(actual) == len(expected)
+    for level, (a, e) in enumerate(zip(actual, expected)):
+        assert a.shape == e.shape, f"level {level}: shape {a.shape} != {e.shape}"
+        assert a.dtype == e.dtype, f"level {level}: dtype {a.dtype} != {e.dtype}"
+        torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=lambda m: f"level {level}: {m}")
+
+
+@pytest.fixture(scope="module", params=[None, 3], ids=["all", "top3"])
+def reference(request: pytest.FixtureRequest) -> tuple[EoSFM, dict, list[torch.Tensor]]:
+    """An ensemble, an input and the plain loop's features, shared by the strategy tests."""
+    model = _ensemble(request.param)
+    x = _inputs()
+    return model, x, _features(model, PLAIN, x)
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT_STRATEGIES))
+def test_strategy_matches_plain_loop(reference, name: str) -> None:
+    model, x, expected = reference
+    actual = _features(model, FLOAT_STRATEGIES[name], x)
+    _assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_close_to_plain() -> None:
+    model = _ensemble()
+    x = _inputs()
+    expected = _features(model, PLAIN, x)
+    actual = _features(model, ExecutionStrategy(batch_streams=True, stack_specialists=True, bf16_autocast=True), x)
+    # bfloat16 keeps 8 mantissa bits; errors compound over four stages.
+    for a, e in zip(actual, expected):
+        assert a.dtype == torch.float32
+        relative = (a - e).norm() / e.norm()
+        assert relative < 5e-2, f"relative error {relative:.3g}"
+
+
+def test_stacked_groups_by_architecture(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _ensemble()
+    groups: list[list[int]] = []
+    run_group = execution._run_group
+
+    def spy(model, members, architecture, stacked):
+        groups.append(list(members))
+        return run_group(model, members, architecture, stacked)
+
+    monkeypatch.setattr(execution, "_run_group", spy)
+    _features(model, ExecutionStrategy(stack_specialists=True), _inputs())
+    # The 3-channel specialists share an architecture and have three streams each;
+    # the 13-band one runs alone.
+    assert groups == [[0, 1, 3, 4]]
+
+
+def test_top_k_runs_only_selected(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _ensemble(top_k=3)
+    for name, strategy in {"plain": PLAIN, **FLOAT_STRATEGIES}.items():
+        ran: list[int] = []
+        original = execution.run_specialist
+
+        def spy_single(model, specialist, stream_ids, stacked, strategy, original=original, ran=ran):
+            ran.append(specialist)
+            return original(model, specialist, stream_ids, stacked, strategy)
+
+        run_group = execution._run_group
+
+        def spy_group(model, members, architecture, stacked, run_group=run_group, ran=ran):
+            ran.extend(members)
+            return run_group(model, members, architecture, stacked)
+
+        monkeypatch.setattr(execution, "run_specialist", spy_single)
+        monkeypatch.setattr(execution, "_run_group", spy_group)
+        _features(model, strategy, _inputs())
+        monkeypatch.undo()
+        assert sorted(ran) == [0, 2, 4], f"strategy {name} ran {ran}"
+
+
+def test_stacked_weights_follow_updates() -> None:
+    model = _ensemble()
+    x = _inputs()
+    strategy = ExecutionStrategy(stack_specialists=True)
+    _features(model, strategy, x)  # fills the stacked-weight cache
+    with torch.no_grad():
+        for parameter in model.specialists[1].backbone.parameters():
+            parameter.mul_(0.5)
+    _assert_close(_features(model, strategy, x), _features(model, PLAIN, x), rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_training_reaches_head() -> None:
+    model = _ensemble().train()
+    model.execution = ExecutionStrategy(stack_specialists=True)
+    outputs = model(_inputs())
+    sum(o.square().mean() for o in outputs).backward()
+    assert model.selection.weight.grad is not None
+    assert torch.count_nonzero(model.selection.weight.grad) == len(SPECS)
+    assert all(p.grad is not None for p in model.fusion.parameters())
+    assert all(p.grad is None for p in model.specialists.parameters())
+
+
+def test_auto_uses_device_default() -> None:
+    model = EoSFM(SPECS[:1], INPUT_BANDS, execution="auto")
+    assert model.execution_strategy(torch.device("cpu")) == execution.DEVICE_DEFAULTS["cpu"]
+
+
+def test_legacy_flags_without_execution() -> None:
+    model = EoSFM(SPECS[:1], INPUT_BANDS, batch_streams=False, channels_last=True)
+    assert model.execution_strategy(torch.device("cpu")) == ExecutionStrategy(batch_streams=False, channels_last=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("fast", "execution='fast' is invalid"),
+        ({"stack": True}, "Unknown execution options \\['stack'\\]"),
+        ({"channels_last": "yes"}, "channels_last='yes' is invalid"),
+    ],
+)
+def test_invalid_execution_value(value, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ExecutionStrategy.from_value(value)
+
+
+def test_execution_from_mapping() -> None:
+    strategy = ExecutionStrategy.from_value({"stack_specialists": True})
+    assert strategy == ExecutionStrategy(batch_streams=True, stack_specialists=True)
