@@ -15,6 +15,7 @@ import sys
 # Modules that each add one or more sub-commands, in the order of the help text.
 COMMAND_MODULES = (
     "eos_pangaea.commands.inspect",
+    "eos_pangaea.commands.run_cpu",
     "eos_pangaea.commands.leaderboard",
 )
 
