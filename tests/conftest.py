@@ -41,3 +41,35 @@ def sen1floods11_chip():
             arrays[key] = torch.from_numpy(dataset.read().astype("float32"))
     arrays["label"] = arrays["label"][0]
     return arrays
+
+
+def _pangaea_config_dir() -> tuple[Path | None, str]:
+    """Return PANGAEA's configs folder, or None and the reason it is unavailable."""
+    try:
+        import pangaea
+    except ImportError as error:
+        return None, (f"PANGAEA is not installed ({error}); clone github.com/VMarsocci/pangaea-bench "
+                      "and run `pip install -e .` in it to run these tests")
+    configs = Path(pangaea.__file__).resolve().parents[1] / "configs"
+    if not (configs / "train.yaml").is_file():
+        return None, f"PANGAEA is installed but {configs}/train.yaml is missing; install a checkout with pip install -e"
+    return configs, ""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``pangaea`` when no PANGAEA checkout is installed."""
+    configs, reason = _pangaea_config_dir()
+    if configs is None:
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if "pangaea" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def pangaea_config_dir() -> Path:
+    """Return the configs folder of the installed PANGAEA checkout; skip the test without one."""
+    configs, reason = _pangaea_config_dir()
+    if configs is None:
+        pytest.skip(reason)
+    return configs
