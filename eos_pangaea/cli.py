@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "eos_pangaea.commands.inspect",
     "eos_pangaea.commands.run_cpu",
     "eos_pangaea.commands.leaderboard",
+    "eos_pangaea.commands.weights",
 )
 
 
