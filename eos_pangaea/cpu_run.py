@@ -19,7 +19,7 @@ PANGAEA's, unchanged:
   calling ``.to("cuda")``.
 
 Only the ``torch`` name inside ``pangaea.run`` is replaced (by a proxy that
-forwards everything else to torch), so the rest of the process sees torch
+forwards everything else to torch), so the rest of the process uses torch
 unchanged.
 """
 
@@ -69,7 +69,7 @@ def run_cpu(overrides: Sequence[str], pangaea_root: str | Path | None = None) ->
             directory.
 
     Raises:
-        RuntimeError: PANGAEA is not installed, or ``WORLD_SIZE`` asks for
+        RuntimeError: PANGAEA is not installed, or ``WORLD_SIZE`` requests
             more than one process.
         FileNotFoundError: No ``configs`` folder was found.
     """
@@ -136,7 +136,7 @@ def _override_key(override: str) -> str:
 def sync_batchnorm_to_batchnorm2d(module: nn.Module) -> nn.Module:
     """Replace every ``SyncBatchNorm`` in ``module`` by a ``BatchNorm2d`` sharing its tensors.
 
-    The replacement holds the same parameter and buffer objects under the
+    The replacement contains the same parameter and buffer objects under the
     same names, so the optimiser, checkpoints and ``state_dict`` keys are
     unchanged.
 

@@ -36,7 +36,7 @@ ORIENTATIONS = 8
 
 @dataclass(frozen=True)
 class Layout:
-    """What :func:`build_sen1floods11_layout` wrote.
+    """Dataset folder written by :func:`build_sen1floods11_layout`.
 
     Attributes:
         root: Folder to pass as ``dataset.root_path``.

@@ -71,7 +71,7 @@ class EoSFMEncoder(Encoder):
         output_layers: One entry per output level (PANGAEA reads its length).
         output_dim: Width of each output level, or ``None`` to take the
             fused widths. A given value must equal them.
-        multi_temporal: Must be ``False``: the ensemble sees one time step.
+        multi_temporal: Must be ``False``: the ensemble encodes one time step per call.
         multi_temporal_output: Passed to PANGAEA's decoders. ``True`` makes
             ``reg_upernet_mt_ltae`` build the channel adaptor that unequal
             widths need; single-temporal calls ignore it.
