@@ -1,6 +1,6 @@
 """A local HTTP server that emulates the Hugging Face Hub's file endpoint for tests.
 
-It answers ``HEAD`` and ``GET`` on ``/{owner}/{name}/resolve/{revision}/{filename}``
+It serves ``HEAD`` and ``GET`` on ``/{owner}/{name}/resolve/{revision}/{filename}``
 with the headers ``huggingface_hub.hf_hub_download`` requires (``ETag``,
 ``X-Repo-Commit``, ``Content-Length``) and honours ``Range`` requests, so
 downloads in tests run the library's real code path against 127.0.0.1 only.
@@ -64,6 +64,7 @@ def start_fake_hub(hub: FakeHub) -> ThreadingHTTPServer:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+
             start = 0
             range_header = self.headers.get("Range")
             if body and range_header:
@@ -79,6 +80,7 @@ def start_fake_hub(hub: FakeHub) -> ThreadingHTTPServer:
             self.end_headers()
             if not body:
                 return
+
             filename = match["filename"]
             if filename in hub.truncate_first_get and not range_header:
                 self.wfile.write(data[: hub.truncate_first_get.pop(filename)])

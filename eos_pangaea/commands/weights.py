@@ -195,7 +195,7 @@ def _specialists_for(source: str, names: list[str] | None):
         by_name = {s.name: s for s in listed}
         unknown = [n for n in names or [] if n not in by_name]
         if unknown:
-            raise ValueError(f"{source} holds no specialists {unknown}; it holds {sorted(by_name)}.")
+            raise ValueError(f"{source} contains no specialists {unknown}; it contains {sorted(by_name)}.")
         specs = [by_name[n] for n in names] if names else listed
     else:
         specs = load_specialist_specs(names)

@@ -256,9 +256,9 @@ def to_features_only(state_dict: Mapping[str, torch.Tensor], where: str = "state
 
     Accepts timm ``features_only`` keys unchanged, timm full-model keys, and
     original ConvNeXt-V2 keys, with or without a wrapper prefix shared by all
-    keys (``module.``, ``model.``, ``encoder.``, ``backbone.``). The classifier
-    of a full model (``head.*``, and ``norm.*`` in the original code) is
-    dropped, because a feature pyramid has no classifier; the count is logged.
+    keys (``module.``, ``model.``, ``encoder.``, ``backbone.``). A feature
+    pyramid has no classifier, so the classifier of a full model (``head.*``,
+    and ``norm.*`` in the original code) is dropped and the count is logged.
     GRN parameters stored as ``[1, 1, 1, C]`` or ``[1, C]`` become ``[C]``.
 
     Args:

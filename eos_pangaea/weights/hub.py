@@ -1,10 +1,10 @@
 """Downloads from the Hugging Face Hub through ``huggingface_hub``.
 
 ``huggingface_hub.hf_hub_download`` provides the cache (``<cache>/hub``, in the
-Hugging Face layout), the pinned revision, offline mode (``offline=True`` or
-``HF_HUB_OFFLINE=1`` reads the cache only), a progress bar and resume: when a
-connection drops mid-file it retries with an HTTP ``Range`` request from the
-bytes it has. NOTE: huggingface_hub 1.x and later delete a partial file when
+Hugging Face layout), the pinned revision, offline mode and a progress bar.
+Offline mode (``offline=True`` or ``HF_HUB_OFFLINE=1``) reads the cache only.
+When a connection drops mid-file, the library resumes with an HTTP ``Range``
+request from the last complete 10 MiB chunk. NOTE: huggingface_hub 1.x and later delete a partial file when
 the process ends, so an interrupted *process* downloads the file again from
 the start.
 
@@ -126,7 +126,7 @@ def download(
         raise FileNotFoundError(
             f"{where} is not in the cache {root / 'hub'} and downloads are off (offline mode or no "
             "connection). Run `eos-pangaea weights fetch` on a machine with network access and copy the "
-            f"cache directory, or point --cache-dir / {'EOS_PANGAEA_CACHE'} at a filled cache."
+            "cache directory, or point --cache-dir or EOS_PANGAEA_CACHE at a filled cache."
         ) from error
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as error:
         raise FileNotFoundError(f"{where} was not found on the hub ({type(error).__name__}); check the repository, "

@@ -40,7 +40,7 @@ RANDOM_SOURCE = "random"
 
 @dataclass(frozen=True)
 class LoadedSpecialist:
-    """What was loaded into one specialist.
+    """Record of the weights loaded into one specialist.
 
     Attributes:
         name: Specialist name.
@@ -178,7 +178,7 @@ def _states(files: Any, names: list[str]) -> dict[str, tuple[Mapping[str, torch.
         if metadata:
             meta = specialist_metadata(metadata, path)
             if meta["name"] != name:
-                raise WeightsError(f"{path} holds specialist {meta['name']!r}, not {name!r}; rename or re-export it.")
+                raise WeightsError(f"{path} contains specialist {meta['name']!r}, not {name!r}; rename or re-export it.")
             declared = meta["bands"]
         states[name] = (_unwrap_state(content, path), str(path), sha, declared)
     return states
@@ -195,7 +195,7 @@ def _states_from_ensemble_file(path: Path, sha: str, names: list[str]):
 
     if metadata or not isinstance(content, (list, tuple)):
         raise WeightsError(
-            f"{path} holds a single state dict, not an ensemble; put it in a directory as <name>.safetensors "
+            f"{path} contains a single state dict, not an ensemble; put it in a directory as <name>.safetensors "
             "or export the ensemble with `eos-pangaea weights export`."
         )
     entries = {e.encoder_name: e for e in read_official_ensemble(path)}
@@ -212,7 +212,7 @@ def _states_from_ensemble_file(path: Path, sha: str, names: list[str]):
 def _require(names: list[str], available: Mapping[str, Any], path: Path) -> None:
     missing = [n for n in names if n not in available]
     if missing:
-        raise WeightsError(f"{path} has no weights for specialists {missing}; it holds {sorted(available)}.")
+        raise WeightsError(f"{path} has no weights for specialists {missing}; it contains {sorted(available)}.")
 
 
 def _unwrap_state(content: Any, path: Path) -> Mapping[str, torch.Tensor]:

@@ -42,7 +42,7 @@ ENSEMBLE_METADATA_KEY = "eos_pangaea_ensemble"
 
 @dataclass(frozen=True)
 class SpecialistFile:
-    """Where one specialist's weights are and what the index says about them."""
+    """Location of one specialist's weights file, with the checksum, bands and backbone its index lists."""
 
     name: str
     path: Path

@@ -1,10 +1,11 @@
 """Schema and loader of ``weights_manifest.yaml``, the list of published specialists.
 
-Every entry states a specialist's name, training dataset and task, modality,
-band names in channel order (``bands_inferred`` marks orders that the
-official training code does not state), the input scaling it was trained
-with, its timm backbone and parameter count, where its weights are hosted,
-their SHA-256 (``null`` when not known), licence and citation. The schema is
+Every entry states a specialist's name, training dataset and task, modality
+and band names in channel order. ``bands_inferred`` marks orders that the
+official training code does not state. The entry also gives the input scaling
+the specialist was trained with, its timm backbone and parameter count, where
+its weights are hosted, their SHA-256 (``null`` when not known), licence and
+citation. The schema is
 checked field by field, and every error names the entry and the field.
 """
 
@@ -30,7 +31,7 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class HubSource:
-    """Where a file is hosted on the Hugging Face Hub.
+    """Location of a file on the Hugging Face Hub.
 
     Attributes:
         repo: Model repository, ``owner/name``.

@@ -4,9 +4,9 @@ The official code (github.com/pierreadorni/EoS-FM) stores the ensemble as a
 ``torch.save``-d list of ``(in_chans, state_dict, config)`` tuples, one per
 specialist: ``state_dict`` is a timm ``features_only`` backbone,
 ``config["backbone"]`` a timm model name prefixed ``timm_`` and
-``config["encoder_name"]`` an optional name. The file says nothing about band
-names or order, so imported specialists take their bands from the manifest
-(by name) or from the caller, and never from the channel count.
+``config["encoder_name"]`` an optional name. The file stores no band names or
+order, so imported specialists take their bands from the manifest (by name)
+or from the caller, and never from the channel count.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def official_specialists(
     entries = read_official_ensemble(path)
     manifest = manifest or load_manifest()
     if names is not None and len(names) != len(entries):
-        raise ValueError(f"{path} holds {len(entries)} specialists but {len(names)} names were given; give one name per entry, in file order.")
+        raise ValueError(f"{path} contains {len(entries)} specialists but {len(names)} names were given; give one name per entry, in file order.")
     built = []
     for position, entry in enumerate(entries):
         name = names[position] if names is not None else entry.encoder_name
