@@ -13,7 +13,9 @@ so the arrangement is an :class:`ExecutionStrategy`:
 - ``channels_last``: inputs and specialists use the channels-last memory
   format (not applied inside stacked groups).
 - ``bf16_autocast``: the specialists run under bfloat16 autocast; their
-  features are cast back to the input dtype before normalisation.
+  features are cast back to the input dtype before normalisation. Autocast
+  does not reach inside :func:`torch.vmap` (seen with torch 2.14.1 on CPU),
+  so stacked groups run with bfloat16 weights and inputs instead.
 
 Every strategy gives the plain one-specialist-at-a-time loop's features
 within float tolerance (bfloat16 within bfloat16 tolerance);
@@ -183,7 +185,8 @@ def _run_stacked_groups(
             member = members[0]
             results[member] = run_specialist(model, member, model._streams_of[member], stacked, strategy)
         else:
-            results.update(_run_group(model, members, architecture, stacked))
+            dtype = torch.bfloat16 if strategy.bf16_autocast else None
+            results.update(_run_group(model, members, architecture, stacked, dtype))
     return results
 
 
@@ -192,17 +195,21 @@ def _run_group(
     members: Sequence[int],
     architecture: tuple,
     stacked: torch.Tensor,
+    dtype: torch.dtype | None = None,
 ) -> dict[int, list[list[torch.Tensor]]]:
     """Run specialists of one architecture as a single vectorised call.
 
     Every member receives its streams concatenated along the batch, so the
-    vectorised input is ``(members, streams * B, C, H, W)``.
+    vectorised input is ``(members, streams * B, C, H, W)``. With ``dtype``,
+    floating-point weights and the input are cast to it first.
     """
     batch = stacked.shape[0]
     inputs = torch.stack([
         torch.cat([model.adapter.gather(stacked, s) for s in model._streams_of[m]], dim=0) for m in members
     ])
-    params, buffers = _stacked_state(model, members, stacked.device)
+    params, buffers = _stacked_state(model, members, stacked.device, dtype)
+    if dtype is not None:
+        inputs = inputs.to(dtype)
     template = _template(model, members[0], architecture)
 
     def call(p: dict, b: dict, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -222,7 +229,7 @@ class _ModelCache:
     """Per-ensemble caches of stacked weights, templates and architecture keys."""
 
     def __init__(self) -> None:
-        self.stacked: dict[tuple[int, ...], tuple[tuple, dict, dict]] = {}
+        self.stacked: dict[tuple, tuple[tuple, dict, dict]] = {}
         self.templates: dict[tuple, nn.Module] = {}
         self.architectures: dict[int, tuple] = {}
         self.channels_last: set[int] = set()
@@ -262,19 +269,24 @@ def _template(model: EoSFM, specialist: int, architecture: tuple) -> nn.Module:
     return template
 
 
-def _stacked_state(model: EoSFM, members: Sequence[int], device: torch.device) -> tuple[dict, dict]:
+def _stacked_state(
+    model: EoSFM, members: Sequence[int], device: torch.device, dtype: torch.dtype | None = None
+) -> tuple[dict, dict]:
     """Return the members' stacked parameters and buffers, rebuilt when any weight changed.
 
     A weight counts as changed when its storage or its version counter
     changed, which covers ``load_state_dict``, in-place edits and ``.to()``.
     """
     backbones = [model.specialists[m].backbone for m in members]
-    fingerprint = (device, tuple((t.data_ptr(), t._version) for b in backbones for _, t in _named_tensors(b)))
+    fingerprint = (device, dtype, tuple((t.data_ptr(), t._version) for b in backbones for _, t in _named_tensors(b)))
     cache = _cache(model)
-    key = tuple(members)
+    key = (tuple(members), dtype)
     entry = cache.stacked.get(key)
     if entry is None or entry[0] != fingerprint:
         params, buffers = stack_module_state(backbones)
+        if dtype is not None:
+            params = {n: t.to(dtype) if t.is_floating_point() else t for n, t in params.items()}
+            buffers = {n: t.to(dtype) if t.is_floating_point() else t for n, t in buffers.items()}
         entry = (fingerprint, params, buffers)
         cache.stacked.pop(key, None)
         while len(cache.stacked) >= _MAX_STACKED_SETS:
