@@ -1,0 +1,174 @@
+"""Pruning a trained top-k ensemble keeps its features, on the real Sen1Floods11 chip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eos_pangaea.ensemble import EoSFM
+from eos_pangaea.pruning import (
+    CONFIG_NAME,
+    count_parameters,
+    export_pruned,
+    load_checkpoint_head,
+    load_pruned_ensemble,
+    prune_checkpoint,
+    prune_ensemble,
+    selection_report,
+)
+from eos_pangaea.specialists import build_specialists, load_specialist_specs
+
+from tests.conftest import SEN1FLOODS11_BANDS
+
+# One 13-band, two SAR and three RGB/IR specialists; most have several streams on S2 + S1.
+NAMES = ["sen12ms-s2", "bigearthnet-s1", "etci2021", "cloud_cover", "eurosat", "imagenet"]
+TOP_K = 3
+# Selection weights after "training": keeps bigearthnet-s1, cloud_cover and imagenet.
+TRAINED_WEIGHTS = [0.7, 1.6, 0.9, 1.4, 0.2, 1.2]
+KEPT = ["bigearthnet-s1", "cloud_cover", "imagenet"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small inputs: OpenMP synchronisation between threads costs more than the work.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def chip_batch(sen1floods11_chip) -> dict[str, torch.Tensor]:
+    """The real chip, cropped to 128 x 128, scaled, and flipped into a batch of 2."""
+    optical = sen1floods11_chip["optical"][:, :128, :128] / 10000.0
+    sar = torch.nan_to_num(sen1floods11_chip["sar"][:, :128, :128], nan=0.0) / -25.0
+    return {
+        "optical": torch.stack([optical, optical.flip(-1)]),
+        "sar": torch.stack([sar, sar.flip(-1)]),
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(chip_batch) -> EoSFM:
+    """An ensemble as after training: moved running statistics, distinct weights, random fusion."""
+    torch.manual_seed(0)
+    model = EoSFM(build_specialists(load_specialist_specs(NAMES)), SEN1FLOODS11_BANDS, dataset="Sen1Floods11",
+                  top_k=TOP_K, warmup_steps=2, specialists_in_state_dict=False)
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):  # warm-up passes: every specialist runs and its statistics move
+            model(chip_batch)
+        model.selection.weight.copy_(torch.tensor(TRAINED_WEIGHTS))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained, tmp_path_factory) -> str:
+    """A checkpoint laid out as PANGAEA's trainer saves it."""
+    state = {f"encoder.ensemble.{k}": v for k, v in trained.state_dict().items()}
+    state["conv_seg.weight"] = torch.zeros(2, 512, 1, 1)
+    path = tmp_path_factory.mktemp("run") / "checkpoint__best.pth"
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 3}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pruned(trained, checkpoint) -> EoSFM:
+    """The pruned ensemble, built like the CLI does: a fresh ensemble plus the checkpoint."""
+    fresh = EoSFM(list(trained.specialists), SEN1FLOODS11_BANDS, dataset="Sen1Floods11", top_k=TOP_K,
+                  warmup_steps=2, specialists_in_state_dict=False)
+    return prune_checkpoint(fresh, checkpoint)
+
+
+def _features(model: EoSFM, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_pruned_keeps_top_k(pruned) -> None:
+    assert [s.name for s in pruned.specialists] == KEPT
+    assert pruned.selection.top_k is None
+    expected = torch.tensor([TRAINED_WEIGHTS[NAMES.index(n)] for n in KEPT])
+    torch.testing.assert_close(pruned.selection.weight.detach(), expected)
+
+
+def test_pruned_features_equal_on_chip(trained, pruned, chip_batch) -> None:
+    expected = _features(trained, chip_batch)
+    actual = _features(pruned, chip_batch)
+    for level, (a, e) in enumerate(zip(actual, expected)):
+        assert a.shape == e.shape, f"level {level}"
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6, msg=lambda m: f"level {level}: {m}")
+
+
+def test_pruned_holds_only_kept_streams(trained, pruned) -> None:
+    kept_streams = [s for i, n in enumerate(NAMES) if n in KEPT for s in trained._streams_of[i]]
+    assert len(pruned.streams) == len(kept_streams)
+    assert len(pruned.norms.norms) == len(kept_streams)
+    widths = [len(kept_streams) * channels for channels in trained.specialists[0].channels]
+    assert [conv.in_channels for conv in pruned.fusion.convs] == widths
+
+
+def test_pruned_parameter_count(trained, pruned) -> None:
+    counts = count_parameters(pruned)
+    kept = [trained.specialists[NAMES.index(n)] for n in KEPT]
+    assert counts["specialists"] == sum(p.numel() for s in kept for p in s.parameters())
+    fusion = sum(p.numel() for p in pruned.fusion.parameters())
+    assert counts["head"] == TOP_K + fusion
+    assert counts["total"] < count_parameters(trained)["total"]
+
+
+def test_export_round_trip_on_chip(pruned, chip_batch, tmp_path) -> None:
+    config = export_pruned(pruned, tmp_path / "pruned", source={"checkpoint": "checkpoint__best.pth"})
+    assert config.name == CONFIG_NAME
+    loaded = load_pruned_ensemble(tmp_path / "pruned", specialists_in_state_dict=False)
+    assert [s.name for s in loaded.specialists] == KEPT
+    for a, e in zip(_features(loaded, chip_batch), _features(pruned, chip_batch)):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+
+
+def test_export_detects_changed_weights(pruned, tmp_path) -> None:
+    export_pruned(pruned, tmp_path / "pruned")
+    head = tmp_path / "pruned" / "head.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(head))
+    state["fusion.convs.0.weight"] = state["fusion.convs.0.weight"][:, :-1].contiguous()
+    save_file(state, str(head))
+    with pytest.raises(ValueError, match="does not fit this ensemble"):
+        load_pruned_ensemble(tmp_path / "pruned")
+
+
+def test_checkpoint_head_keys(checkpoint) -> None:
+    head = load_checkpoint_head(checkpoint)
+    assert "selection.weight" in head
+    assert "_extra_state" in head
+    assert not any(k.startswith("specialists.") for k in head)
+    assert "conv_seg.weight" not in head
+
+
+def test_checkpoint_without_ensemble(tmp_path) -> None:
+    path = tmp_path / "checkpoint__best.pth"
+    torch.save({"model": {"encoder.blocks.0.weight": torch.zeros(1)}, "epoch": 1}, path)
+    with pytest.raises(ValueError, match="0 EoS-FM selection weights"):
+        load_checkpoint_head(path)
+
+
+def test_prune_without_top_k(trained, checkpoint) -> None:
+    fresh = EoSFM(list(trained.specialists), SEN1FLOODS11_BANDS, dataset="Sen1Floods11",
+                  specialists_in_state_dict=False)
+    with pytest.raises(ValueError, match="top_k=None"):
+        prune_checkpoint(fresh, checkpoint)
+
+
+def test_prune_rejects_unusable_specialist() -> None:
+    model = EoSFM(build_specialists(load_specialist_specs(["sen12ms-s2", "imagenet"])), {"optical": ["B4", "B3", "B2"]})
+    with pytest.raises(ValueError, match="sen12ms-s2"):
+        prune_ensemble(model, keep=[0, 1])
+
+
+def test_selection_report_ranks(trained) -> None:
+    report = selection_report(trained.selection)
+    rows = report.splitlines()[2:]
+    assert [row.split()[1] for row in rows] == ["bigearthnet-s1", "cloud_cover", "imagenet", "etci2021",
+                                                "sen12ms-s2", "eurosat"]
+    assert [row.split()[-1] for row in rows] == ["kept"] * 3 + ["dropped"] * 3
