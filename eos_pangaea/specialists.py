@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 
 import timm
 import torch
-import yaml
 from torch import nn
 
 DEFAULT_BACKBONE = "convnextv2_atto"
@@ -92,28 +90,22 @@ class Specialist(nn.Module):
             return list(self.backbone(x))
 
 
-def load_specialist_specs(names: Iterable[str] | None = None) -> list[SpecialistSpec]:
-    """Return the specs of the paper's specialists listed in the shipped manifest.
+def load_specialist_specs(names: Iterable[str] | None = None, manifest: str | None = None) -> list[SpecialistSpec]:
+    """Return the specs of the specialists listed in a weights manifest.
 
     Args:
         names: Specialists to keep, in this order; all of them when omitted.
+        manifest: Manifest YAML to read; the shipped ``weights_manifest.yaml``
+            when omitted.
 
     Raises:
-        ValueError: A requested name is not in the manifest.
+        ValueError: A requested name is not in the manifest, or the manifest
+            breaks its schema (the message names the entry and field).
     """
-    text = resources.files("eos_pangaea").joinpath("data", "weights_manifest.yaml").read_text(encoding="utf-8")
-    entries = yaml.safe_load(text)["specialists"]
-    specs = {
-        e["name"]: SpecialistSpec(e["name"], tuple(e["bands"]), e.get("backbone", DEFAULT_BACKBONE), dict(e))
-        for e in entries
-    }
-    if names is None:
-        return list(specs.values())
-    names = list(names)
-    unknown = [n for n in names if n not in specs]
-    if unknown:
-        raise ValueError(f"Unknown specialist names {unknown}; the manifest lists {sorted(specs)}")
-    return [specs[n] for n in names]
+    from eos_pangaea.weights.manifest import entries_by_name, load_manifest
+
+    entries = entries_by_name(load_manifest(manifest), None if names is None else list(names))
+    return [SpecialistSpec(e.name, tuple(e.bands), e.backbone, e.as_dict()) for e in entries]
 
 
 def _stem_in_channels(backbone: nn.Module) -> int | None:
