@@ -179,17 +179,19 @@ def head_checkpoint(ensemble: EoSFM) -> io.BytesIO:
     return buffer
 
 
-@pytest.mark.parametrize("input_bands", [
-    HLS_BURN_SCARS_BANDS,
-    pytest.param(INPUT_BANDS, marks=pytest.mark.xfail(strict=True, reason=(
-        "13 Sentinel-2 + 2 Sentinel-1 bands give 58 streams, and the fusion convolutions alone take "
-        "58 x (40^2 + 80^2 + 160^2 + 320^2) float32 values, about 32 MB"))),
-], ids=["hlsburnscars", "sen1floods11"])
-def test_head_checkpoint_under_20_mb(input_bands):
+@pytest.mark.parametrize("input_bands", [HLS_BURN_SCARS_BANDS, INPUT_BANDS], ids=["hlsburnscars", "sen1floods11"])
+def test_head_checkpoint_holds_only_the_head(input_bands):
     ensemble = EoSFM(load_specialist_specs(), input_bands, specialists_in_state_dict=False)
     assert len(ensemble.specialists) == 21
-    size_mb = len(head_checkpoint(ensemble).getvalue()) / 1e6
-    assert size_mb < 20, f"head checkpoint of {len(ensemble.streams)} streams is {size_mb:.1f} MB"
+    size = len(head_checkpoint(ensemble).getvalue())
+    head_bytes = sum(t.numel() * t.element_size() for k, t in ensemble.state_dict().items() if k != "_extra_state")
+    specialist_bytes = sum(p.numel() * p.element_size() for p in ensemble.specialists.parameters())
+    # The fusion grows with the streams: 58 x (40^2 + 80^2 + 160^2 + 320^2)
+    # float32 weights for Sen1Floods11 (about 32 MB), 18 streams for HLS Burn Scars.
+    assert size < head_bytes + 1_000_000
+    assert size < specialist_bytes / 8
+    if len(ensemble.streams) <= 18:
+        assert size < 20_000_000, f"head of {len(ensemble.streams)} streams is {size / 1e6:.1f} MB"
 
 
 def test_head_checkpoint_reloads_strictly(tmp_path):
