@@ -18,6 +18,9 @@ COMMAND_MODULES = (
     "eos_pangaea.commands.run_cpu",
     "eos_pangaea.commands.leaderboard",
     "eos_pangaea.commands.weights",
+    "eos_pangaea.commands.prune",
+    "eos_pangaea.commands.selection",
+    "eos_pangaea.commands.plot_scaling",
 )
 
 

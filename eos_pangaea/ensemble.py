@@ -181,6 +181,14 @@ class EoSFM(nn.Module):
             return ExecutionStrategy(batch_streams=self.batch_streams, channels_last=self.channels_last)
         return self.execution
 
+    def train(self, mode: bool = True) -> EoSFM:
+        """Set the training mode; leaving training after training passes logs the selection ranking."""
+        if self.training and not mode:
+            from eos_pangaea.pruning import log_selection_after_training
+
+            log_selection_after_training(self)
+        return super().train(mode)
+
     def describe_streams(self) -> list[tuple[str, str, tuple[str, ...]]]:
         """Return ``(specialist, route name, input labels)`` for every stream."""
         labels = {(m, i): label for m, bands in self.input_bands.items() for i, label in enumerate(bands)}

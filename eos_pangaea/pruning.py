@@ -129,6 +129,21 @@ def log_selection_report(model: EoSFM, log: logging.Logger | None = None) -> Non
     (log or logger).info("%s", selection_report(model.selection))
 
 
+def log_selection_after_training(model: EoSFM) -> None:
+    """Log the selection ranking when training passes happened since the last report.
+
+    :meth:`EoSFM.train` calls this when the ensemble leaves training mode,
+    which PANGAEA's evaluator does after every training epoch, so the run's
+    log holds the ranking after each epoch and after the last one.
+    """
+    steps = int(model.selection.steps_seen)
+    if steps == 0 or steps == getattr(model, "_ranking_logged_at", 0):
+        return
+    model._ranking_logged_at = steps
+    logger.info("EoS-FM selection after %d training passes.\n%s", steps,
+                selection_report(model.selection, eligible_only=True))
+
+
 # ---------------------------------------------------------------- checkpoints
 
 

@@ -172,3 +172,90 @@ def test_selection_report_ranks(trained) -> None:
     assert [row.split()[1] for row in rows] == ["bigearthnet-s1", "cloud_cover", "imagenet", "etci2021",
                                                 "sen12ms-s2", "eurosat"]
     assert [row.split()[-1] for row in rows] == ["kept"] * 3 + ["dropped"] * 3
+
+
+def test_selection_logged_after_training(chip_batch, caplog: pytest.LogCaptureFixture) -> None:
+    model = EoSFM(build_specialists(load_specialist_specs(NAMES[:2])), SEN1FLOODS11_BANDS, dataset="Sen1Floods11")
+    small = {k: v[..., :32, :32] for k, v in chip_batch.items()}
+    model.train()
+    with torch.no_grad():
+        model(small)
+    with caplog.at_level("INFO", logger="eos_pangaea.pruning"):
+        model.eval()
+        model.train()
+        model.eval()  # no training pass since the last report: nothing new
+    reports = [r.getMessage() for r in caplog.records if "selection after" in r.getMessage()]
+    assert len(reports) == 1
+    assert "after 1 training passes" in reports[0]
+    assert "sen12ms-s2" in reports[0]
+
+
+# ---------------------------------------------------------------- command line
+
+RUN_CONFIG = """\
+seed: 0
+dataset:
+  dataset_name: Sen1Floods11
+  bands:
+    optical: [B1, B2, B3, B4, B5, B6, B7, B8, B8A, B9, B10, B11, B12]
+    sar: [VV, VH]
+encoder:
+  _target_: eos_pangaea.pangaea_encoder.EoSFMEncoder
+  input_bands: ${dataset.bands}
+  dataset_name: ${dataset.dataset_name}
+  specialists: [sen12ms-s2, bigearthnet-s1, etci2021, cloud_cover, eurosat, imagenet]
+  top_k: 3
+  selection_warmup_steps: 2
+  norm: batch
+  width_multiplier: 1.0
+  band_labels: {}
+  missing_bands: skip
+  encoder_weights: WEIGHTS
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(trained, checkpoint, tmp_path_factory):
+    """A PANGAEA experiment folder: the checkpoint, its config, and the specialists' weights."""
+    from pathlib import Path
+
+    from eos_pangaea.weights import export_directory
+
+    folder = Path(checkpoint).parent
+    weights = tmp_path_factory.mktemp("weights")
+    export_directory(list(trained.specialists), weights)
+    (folder / "configs").mkdir(exist_ok=True)
+    (folder / "configs" / "config.yaml").write_text(RUN_CONFIG.replace("WEIGHTS", str(weights)))
+    return folder
+
+
+def test_cli_prune_matches_on_chip(run_dir, trained, chip_batch, tmp_path, capsys) -> None:
+    from eos_pangaea.cli import main
+
+    status = main(["prune", str(run_dir / "checkpoint__best.pth"), "--output", str(tmp_path / "small")])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "Kept 3 of 6 specialists: bigearthnet-s1, cloud_cover, imagenet" in printed
+    count = count_parameters(load_pruned_ensemble(tmp_path / "small"))["total"]
+    assert f"Parameters: {count:,}" in printed
+    loaded = load_pruned_ensemble(tmp_path / "small")
+    for a, e in zip(_features(loaded, chip_batch), _features(trained, chip_batch)):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_selection_report(run_dir, capsys) -> None:
+    from eos_pangaea.cli import main
+
+    assert main(["selection", str(run_dir / "checkpoint__best.pth")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "top_k=3" in lines[0]
+    assert lines[2].split()[1:] == ["bigearthnet-s1", "1.6000", "kept"]
+    assert lines[5].split()[1:] == ["etci2021", "0.9000", "dropped"]
+
+
+def test_cli_prune_missing_config(checkpoint, tmp_path, capsys) -> None:
+    from eos_pangaea.cli import main
+
+    status = main(["prune", checkpoint, "-o", str(tmp_path / "x"), "--run-config", str(tmp_path / "none.yaml")])
+    assert status == 1
+    assert "none.yaml not found" in capsys.readouterr().err

@@ -1,0 +1,127 @@
+"""``eos-pangaea prune``: keep only the top-k specialists of a trained PANGAEA run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS = "random"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``prune`` sub-command."""
+    parser = subparsers.add_parser(
+        "prune",
+        help="turn a trained top-k checkpoint into a compact ensemble",
+        description=(
+            "Read a PANGAEA checkpoint of an EoS-FM run trained with top_k, keep only the k "
+            "specialists with the largest selection weights (with their normalisation statistics, "
+            "selection weights and fusion columns) and write them as a directory that "
+            "load_pruned_ensemble and the encoder's weights option read. The ensemble is rebuilt "
+            "from the run's configs/config.yaml."
+        ),
+    )
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="checkpoint_*.pth of a PANGAEA experiment folder")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="directory to write the pruned ensemble to")
+    add_run_config_options(parser)
+    parser.add_argument(
+        "--encoder-weights", metavar="SOURCE",
+        help="specialist weights to load (default: the run's encoder.encoder_weights); 'random' keeps the random "
+        "initialisation, which only matches a run trained with random specialists",
+    )
+    parser.set_defaults(func=run)
+
+
+def add_run_config_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options that locate and override a run's settings."""
+    parser.add_argument(
+        "--run-config", type=Path, metavar="FILE",
+        help="the run's Hydra config (default: configs/config.yaml in the checkpoint's folder)",
+    )
+    parser.add_argument("--top-k", type=int, metavar="K", help="number of specialists to keep (default: the run's encoder.top_k)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prune the checkpoint, write the directory and print the report."""
+    from eos_pangaea.pruning import count_parameters, export_pruned, prune_checkpoint, selection_report
+
+    settings = read_encoder_settings(args.checkpoint, args.run_config)
+    if args.top_k is not None:
+        settings["top_k"] = args.top_k
+    model = build_ensemble(settings)
+    weights = args.encoder_weights or str(settings.get("encoder_weights") or RANDOM_WEIGHTS)
+    _load_specialists(model, weights)
+    print(selection_report(model.selection, eligible_only=True))
+
+    pruned = prune_checkpoint(model, args.checkpoint, band_labels=settings.get("band_labels") or {},
+                              missing_bands=settings.get("missing_bands") or "skip")
+    export_pruned(pruned, args.output, source={
+        "checkpoint": str(args.checkpoint.resolve()),
+        "top_k": settings["top_k"],
+        "encoder_weights": weights,
+        "dropped": [s.name for s in model.specialists if s.name not in {p.name for p in pruned.specialists}],
+    })
+    before, after = count_parameters(model), count_parameters(pruned)
+    print(f"\nKept {len(pruned.specialists)} of {len(model.specialists)} specialists: "
+          + ", ".join(s.name for s in pruned.specialists))
+    print(f"Parameters: {after['total']:,} ({after['specialists']:,} in specialists, {after['head']:,} in "
+          f"selection and fusion), down from {before['total']:,}")
+    print(f"Wrote {args.output}")
+    return 0
+
+
+def read_encoder_settings(checkpoint: Path, run_config: Path | None) -> dict[str, Any]:
+    """Return the run's resolved ``encoder`` section.
+
+    Raises:
+        FileNotFoundError: The config file is missing.
+        ValueError: The config has no EoS-FM encoder section.
+    """
+    from omegaconf import OmegaConf
+
+    path = run_config or checkpoint.parent / "configs" / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"Run config {path} not found; pass --run-config with the run's configs/config.yaml.")
+    config = OmegaConf.load(path)
+    if "encoder" not in config:
+        raise ValueError(f"{path} has no 'encoder' section; pass the Hydra config of an EoS-FM run.")
+    settings = OmegaConf.to_container(config.encoder, resolve=True)
+    target = str(settings.get("_target_", ""))
+    if not target.startswith("eos_pangaea."):
+        raise ValueError(f"{path} configures encoder {target or settings.get('model_name')!r}, not EoS-FM; pass "
+                         "the config of a run with encoder=eos_fm or eos_fm_small.")
+    return settings
+
+
+def build_ensemble(settings: dict[str, Any]):
+    """Build the ensemble a run's encoder settings describe, with random specialists."""
+    from eos_pangaea.ensemble import EoSFM
+    from eos_pangaea.specialists import build_specialists, load_specialist_specs
+
+    names = settings.get("specialists")
+    return EoSFM(
+        build_specialists(load_specialist_specs(None if names is None else list(names))),
+        settings["input_bands"],
+        dataset=settings.get("dataset_name"),
+        band_labels=settings.get("band_labels") or {},
+        missing_bands=settings.get("missing_bands") or "skip",
+        norm=settings.get("norm") or "batch",
+        top_k=settings.get("top_k"),
+        warmup_steps=int(settings.get("selection_warmup_steps") or 0),
+        width_multiplier=float(settings.get("width_multiplier") or 1.0),
+        specialists_in_state_dict=False,
+    )
+
+
+def _load_specialists(model, weights: str) -> None:
+    if weights == RANDOM_WEIGHTS:
+        logger.warning("Specialists keep their random initialisation (encoder_weights=random); the checkpoint "
+                       "loads only if the run used the same random specialists.")
+        return
+    from eos_pangaea.weights import load_ensemble_weights
+
+    load_ensemble_weights(model, weights)

@@ -1,0 +1,43 @@
+"""``eos-pangaea plot-scaling`` reads top_k per run and plots the test metric against it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from eos_pangaea.cli import main
+
+RUNS = Path(__file__).parent / "data" / "runs" / "work_dir"
+# A complete HLSBurnScars run (test mIoU 19.291).
+TEMPLATE = RUNS / "20261204_192121_b71e02_eos_fm_seg_upernet_hlsburnscars"
+HLS_BANDS = "  input_bands:\n    optical: [B2, B3, B4, B8A, B11, B12]\n  dataset_name: HLSBurnScars\n"
+
+
+def _copy_run(tmp_path: Path, name: str, top_k: str) -> Path:
+    run = tmp_path / name
+    shutil.copytree(TEMPLATE, run)
+    config = run / "configs" / "config.yaml"
+    text = config.read_text().replace("  input_size: ${dataset.img_size}\n",
+                                      f"  input_size: ${{dataset.img_size}}\n  top_k: {top_k}\n" + HLS_BANDS)
+    config.write_text(text)
+    return run
+
+
+def test_plot_scaling_reads_k(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _copy_run(tmp_path, "20261204_100000_aaaaaa_eos_fm_seg_upernet_hlsburnscars", "2")
+    _copy_run(tmp_path, "20261204_100100_bbbbbb_eos_fm_seg_upernet_hlsburnscars", "2")
+    _copy_run(tmp_path, "20261204_100200_cccccc_eos_fm_seg_upernet_hlsburnscars", "null")
+    figure = tmp_path / "fig" / "scaling.png"
+
+    assert main(["plot-scaling", str(tmp_path), "--output", str(figure)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("HLSBurnScars")]
+    assert [row[2:4] for row in rows] == [["2", "2"], ["18", "1"]]
+    assert rows[0][4] == "19.29"
+    assert figure.stat().st_size > 0
+
+
+def test_plot_scaling_without_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["plot-scaling", str(tmp_path)]) == 1
+    assert "No complete EoS-FM run" in capsys.readouterr().err
