@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from eos_pangaea.cpu_run import DEMO_OVERRIDES, merge_overrides, sync_batchnorm_to_batchnorm2d
+from eos_pangaea.cpu_run import merge_overrides, sync_batchnorm_to_batchnorm2d
 
 SPECIALISTS = "encoder.specialists=[sen12ms-s2,sen12ms-s1,eurosat]"
 
@@ -36,7 +36,7 @@ def test_sync_batchnorm_swap_shares_tensors():
 def test_demo_layout_counts(tmp_path):
     from eos_pangaea.demo_data import build_sen1floods11_layout
 
-    layout = build_sen1floods11_layout(tmp_path / "demo")
+    layout = build_sen1floods11_layout(tmp_path / "demo")  # the shipped 128 x 128 chip
     assert layout.splits == {"train": 40, "val": 1, "test": 1}
     splits = tmp_path / "demo" / "v1.1" / "splits" / "flood_handlabeled"
     lines = (splits / "flood_train_data.csv").read_text().splitlines()
@@ -73,8 +73,8 @@ def demo_root(tmp_path_factory) -> Path:
 
 
 def run_pipeline(tmp_path, monkeypatch, demo_root, *extra):
-    """Run PANGAEA's run.py main on the CPU and return the experiment folder and the encoder it built."""
-    from eos_pangaea.cpu_run import run_cpu
+    """Run ``eos-pangaea run-cpu --demo`` and return the experiment folder and the encoder it built."""
+    from eos_pangaea.cli import main
     from eos_pangaea.pangaea_encoder import EoSFMEncoder
 
     built = {}
@@ -90,11 +90,10 @@ def run_pipeline(tmp_path, monkeypatch, demo_root, *extra):
 
     monkeypatch.setattr(EoSFMEncoder, "load_encoder_weights", spy)
     monkeypatch.chdir(tmp_path)
-    overrides = merge_overrides(DEMO_OVERRIDES, [
-        f"dataset.root_path={demo_root}", "encoder.encoder_weights=random", SPECIALISTS,
-        "decoder.channels=64", "batch_size=2", f"work_dir={tmp_path / 'work'}", *extra,
-    ])
-    run_cpu(overrides)
+    # The demo job on the prepared folder, made faster with fewer specialists and decoder channels.
+    overrides = ["encoder.encoder_weights=random", SPECIALISTS, "decoder.channels=64", "batch_size=2",
+                 f"work_dir={tmp_path / 'work'}", *extra]
+    assert main(["run-cpu", "--demo", "--demo-root", str(demo_root), *overrides]) == 0
     (exp_dir,) = (tmp_path / "work").iterdir()
     return exp_dir, built
 
