@@ -114,8 +114,8 @@ def find_config_dir(pangaea_root: str | Path | None = None) -> Path:
         if (root / "configs" / "train.yaml").is_file():
             return (root / "configs").resolve()
     raise FileNotFoundError(
-        f"No PANGAEA configs/train.yaml under {[str(c) for c in candidates]}. Run from the root of a "
-        "PANGAEA checkout or pass --pangaea-root PATH_TO_CHECKOUT."
+        f"No PANGAEA configs/train.yaml under {[str(c) for c in candidates]}. Pass --pangaea-root with "
+        "the path of a PANGAEA checkout (the folder that contains configs/), or run from its root."
     )
 
 
