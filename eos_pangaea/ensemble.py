@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eos_pangaea.bands import BandAdapter, Stream, plan_streams
-from eos_pangaea.execution import ExecutionStrategy, run_selected
+from eos_pangaea.execution import ExecutionStrategy, folds_head, run_folded, run_selected
 from eos_pangaea.execution import run_specialist as _run_specialist
 from eos_pangaea.fusion import Fusion
 from eos_pangaea.normalization import StreamNorms
@@ -158,9 +158,12 @@ class EoSFM(nn.Module):
             self.selection.record_step()
         stacked = self.adapter.stack_input(x)
 
+        strategy = self.execution_strategy(stacked.device)
+        if folds_head(self, strategy):
+            return run_folded(self, selected, stacked, strategy)
+
         stream_ids: list[int] = []
         pyramids: list[list[torch.Tensor]] = []
-        strategy = self.execution_strategy(stacked.device)
         for specialist, stream, features in run_selected(self, selected, stacked, strategy):
             features = self.norms(stream, features)
             stream_ids.append(stream)

@@ -12,6 +12,10 @@ so the arrangement is an :class:`ExecutionStrategy`:
   :func:`torch.vmap`.
 - ``channels_last``: inputs and specialists use the channels-last memory
   format (not applied inside stacked groups).
+- ``fold_head``: in eval mode without gradients, the normalisation
+  statistics and selection weights are folded into the fusion weights, so
+  the features go straight into one 1x1 convolution per level (batch norm
+  with running statistics, or no normalisation; layer norm is not foldable).
 - ``bf16_autocast``: the specialists run under bfloat16 autocast; their
   features are cast back to the input dtype before normalisation. Autocast
   does not reach inside :func:`torch.vmap` (seen with torch 2.14.1 on CPU),
@@ -35,6 +39,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
@@ -55,12 +60,15 @@ class ExecutionStrategy:
         channels_last: Use the channels-last memory format for specialists
             that run alone.
         bf16_autocast: Run the specialists under bfloat16 autocast.
+        fold_head: In eval mode without gradients, fold the normalisation
+            and the selection weights into the fusion weights.
     """
 
     batch_streams: bool = True
     stack_specialists: bool = False
     channels_last: bool = False
     bf16_autocast: bool = False
+    fold_head: bool = False
 
     @classmethod
     def for_device(cls, device: torch.device | str) -> ExecutionStrategy:
@@ -114,6 +122,52 @@ DEVICE_DEFAULTS: dict[str, ExecutionStrategy] = {
 }
 
 
+def folds_head(model: EoSFM, strategy: ExecutionStrategy) -> bool:
+    """Return whether this forward pass may fold the head into the fusion weights.
+
+    Folding needs fixed statistics (batch norm in eval mode with running
+    statistics, or no normalisation) and no gradients, since the folded
+    weights are computed without autograd.
+    """
+    if not strategy.fold_head or model.training or torch.is_grad_enabled():
+        return False
+    return model.norms.kind == "none" or (
+        model.norms.kind == "batch" and all(n.track_running_stats for norms in model.norms.norms for n in norms)
+    )
+
+
+def run_folded(
+    model: EoSFM,
+    selected: Sequence[int],
+    stacked: torch.Tensor,
+    strategy: ExecutionStrategy,
+) -> list[torch.Tensor]:
+    """Compute the fused pyramid with the normalisation and selection folded into the fusion.
+
+    Per stream ``s`` and level, eval-mode batch norm and the selection
+    weight ``w`` are one affine map ``x * a + c`` per channel, with
+    ``a = w / sqrt(var + eps)`` and ``c = -mean * a``; the fusion
+    convolution absorbs it as ``W' = W * a`` and ``b' = b + W @ c``. Both are
+    linear per channel, so they also commute with the bilinear resizing of
+    maps whose sizes differ.
+    """
+    from eos_pangaea.ensemble import _match_sizes
+
+    stream_ids: list[int] = []
+    pyramids: list[list[torch.Tensor]] = []
+    for _, stream, features in run_selected(model, selected, stacked, strategy):
+        stream_ids.append(stream)
+        pyramids.append(features)
+    pyramids = _match_sizes(pyramids)
+
+    weights, biases = _folded_fusion(model, tuple(stream_ids), stacked.device, stacked.dtype)
+    outputs = []
+    for level, (weight, bias) in enumerate(zip(weights, biases)):
+        maps = torch.cat([pyramid[level] for pyramid in pyramids], dim=1)
+        outputs.append(F.conv2d(maps, weight, bias))
+    return outputs
+
+
 def run_selected(
     model: EoSFM,
     selected: Sequence[int],
@@ -136,26 +190,66 @@ def run_selected(
     autocast = (
         torch.autocast(stacked.device.type, dtype=torch.bfloat16) if strategy.bf16_autocast else nullcontext()
     )
+    routed = RoutedInputs(model, stacked)
     with autocast:
         if strategy.stack_specialists:
-            results = _run_stacked_groups(model, selected, stacked, strategy)
+            results = _run_stacked_groups(model, selected, routed, strategy)
         else:
-            results = {i: run_specialist(model, i, model._streams_of[i], stacked, strategy) for i in selected}
+            results = {i: run_specialist(model, i, model._streams_of[i], routed, strategy) for i in selected}
 
     for specialist in selected:
         for stream, pyramid in zip(model._streams_of[specialist], results[specialist]):
             yield specialist, stream, [level.to(stacked.dtype) for level in pyramid]
 
 
+class RoutedInputs:
+    """The input of each stream, gathered once per distinct channel list.
+
+    Streams with the same sources (on an RGB input, every RGB stream) share
+    one tensor, and a stream that takes every input channel in order uses
+    the stacked input itself, without a copy.
+
+    Args:
+        model: The ensemble.
+        stacked: The input with every modality concatenated along channels.
+    """
+
+    def __init__(self, model: EoSFM, stacked: torch.Tensor) -> None:
+        self.model = model
+        self.stacked = stacked
+        self._gathered: dict[tuple, torch.Tensor] = {}
+
+    def __getitem__(self, stream: int) -> torch.Tensor:
+        """Return the input of one stream."""
+        sources = self.model.streams[stream].sources
+        tensor = self._gathered.get(sources)
+        if tensor is None:
+            if _is_identity(self.model, stream, self.stacked.shape[1]):
+                tensor = self.stacked
+            else:
+                tensor = self.model.adapter.gather(self.stacked, stream)
+            self._gathered[sources] = tensor
+        return tensor
+
+
 def run_specialist(
     model: EoSFM,
     specialist: int,
     stream_ids: Sequence[int],
-    stacked: torch.Tensor,
+    inputs: torch.Tensor | RoutedInputs,
     strategy: ExecutionStrategy,
 ) -> list[list[torch.Tensor]]:
-    """Run one specialist on each of its streams and return one pyramid per stream."""
-    inputs = [model.adapter.gather(stacked, stream) for stream in stream_ids]
+    """Run one specialist on each of its streams and return one pyramid per stream.
+
+    Args:
+        model: The ensemble.
+        specialist: Index of the specialist.
+        stream_ids: Its streams.
+        inputs: The stacked input, or the routed inputs of this forward pass.
+        strategy: How to arrange the calls.
+    """
+    routed = inputs if isinstance(inputs, RoutedInputs) else RoutedInputs(model, inputs)
+    inputs = [routed[stream] for stream in stream_ids]
     module = model.specialists[specialist]
     if strategy.channels_last:
         _ensure_channels_last(model, specialist)
@@ -170,7 +264,7 @@ def run_specialist(
 def _run_stacked_groups(
     model: EoSFM,
     selected: Sequence[int],
-    stacked: torch.Tensor,
+    routed: RoutedInputs,
     strategy: ExecutionStrategy,
 ) -> dict[int, list[list[torch.Tensor]]]:
     """Run groups of same-architecture specialists with vmap and the rest alone."""
@@ -183,10 +277,10 @@ def _run_stacked_groups(
     for (architecture, _), members in groups.items():
         if len(members) == 1:
             member = members[0]
-            results[member] = run_specialist(model, member, model._streams_of[member], stacked, strategy)
+            results[member] = run_specialist(model, member, model._streams_of[member], routed, strategy)
         else:
             dtype = torch.bfloat16 if strategy.bf16_autocast else None
-            results.update(_run_group(model, members, architecture, stacked, dtype))
+            results.update(_run_group(model, members, architecture, routed, dtype))
     return results
 
 
@@ -194,7 +288,7 @@ def _run_group(
     model: EoSFM,
     members: Sequence[int],
     architecture: tuple,
-    stacked: torch.Tensor,
+    routed: RoutedInputs,
     dtype: torch.dtype | None = None,
 ) -> dict[int, list[list[torch.Tensor]]]:
     """Run specialists of one architecture as a single vectorised call.
@@ -203,10 +297,9 @@ def _run_group(
     vectorised input is ``(members, streams * B, C, H, W)``. With ``dtype``,
     floating-point weights and the input are cast to it first.
     """
+    stacked = routed.stacked
     batch = stacked.shape[0]
-    inputs = torch.stack([
-        torch.cat([model.adapter.gather(stacked, s) for s in model._streams_of[m]], dim=0) for m in members
-    ])
+    inputs = torch.stack([torch.cat([routed[s] for s in model._streams_of[m]], dim=0) for m in members])
     params, buffers = _stacked_state(model, members, stacked.device, dtype)
     if dtype is not None:
         inputs = inputs.to(dtype)
@@ -233,6 +326,8 @@ class _ModelCache:
         self.templates: dict[tuple, nn.Module] = {}
         self.architectures: dict[int, tuple] = {}
         self.channels_last: set[int] = set()
+        self.identity: dict[tuple[int, int], bool] = {}
+        self.folded: dict[tuple[int, ...], tuple[tuple, list, list]] = {}
 
 
 _CACHES: weakref.WeakKeyDictionary[nn.Module, _ModelCache] = weakref.WeakKeyDictionary()
@@ -294,6 +389,61 @@ def _stacked_state(
         cache.stacked[key] = entry
         logger.debug("Stacked the weights of specialists %s", list(members))
     return entry[1], entry[2]
+
+
+def _folded_fusion(
+    model: EoSFM, streams: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Return the folded fusion weights and biases of these streams, rebuilt when the head changed."""
+    head = [model.selection.weight, *model.fusion.parameters(), *model.norms.buffers()]
+    fingerprint = (device, dtype, tuple((t.data_ptr(), t._version) for t in head))
+    cache = _cache(model)
+    entry = cache.folded.get(streams)
+    if entry is not None and entry[0] == fingerprint:
+        return entry[1], entry[2]
+
+    weights, biases = [], []
+    with torch.no_grad():
+        for level, conv in enumerate(model.fusion.convs):
+            columns = []
+            bias = conv.bias.double().clone()
+            offsets = model.fusion.offsets[level]
+            for stream in streams:
+                scale, shift = _stream_affine(model, stream, level)
+                block = conv.weight[:, offsets[stream]:offsets[stream + 1], 0, 0].double()
+                columns.append(block * scale)
+                bias += block @ shift
+            weights.append(torch.cat(columns, dim=1)[:, :, None, None].to(device, dtype))
+            biases.append(bias.to(device, dtype))
+    cache.folded.pop(streams, None)
+    while len(cache.folded) >= _MAX_STACKED_SETS:
+        cache.folded.pop(next(iter(cache.folded)))
+    cache.folded[streams] = (fingerprint, weights, biases)
+    return weights, biases
+
+
+def _stream_affine(model: EoSFM, stream: int, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(a, c)`` such that normalise-then-weight is ``x * a + c`` per channel, in float64."""
+    weight = model.selection.weight[model.streams[stream].specialist].double()
+    norm = model.norms.norms[stream][level]
+    if isinstance(norm, nn.BatchNorm2d):
+        scale = torch.rsqrt(norm.running_var.double() + norm.eps) * weight
+        return scale, -norm.running_mean.double() * scale
+    channels = model.fusion.offsets[level][stream + 1] - model.fusion.offsets[level][stream]
+    device = model.selection.weight.device
+    return torch.full((channels,), float(weight), dtype=torch.float64, device=device), torch.zeros(
+        channels, dtype=torch.float64, device=device)
+
+
+def _is_identity(model: EoSFM, stream: int, channels: int) -> bool:
+    """Return whether a stream takes all ``channels`` input channels in their order."""
+    cache = _cache(model)
+    key = (stream, channels)
+    identity = cache.identity.get(key)
+    if identity is None:
+        index = getattr(model.adapter, f"index_{stream}").tolist()
+        identity = cache.identity[key] = index == list(range(channels))
+    return identity
 
 
 def _named_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

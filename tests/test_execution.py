@@ -29,6 +29,7 @@ FLOAT_STRATEGIES = {
     "stack_specialists": ExecutionStrategy(batch_streams=True, stack_specialists=True),
     "stack_unbatched": ExecutionStrategy(batch_streams=False, stack_specialists=True),
     "channels_last": ExecutionStrategy(batch_streams=True, channels_last=True),
+    "fold_head": ExecutionStrategy(batch_streams=True, fold_head=True),
 }
 
 
@@ -111,9 +112,9 @@ def test_stacked_groups_by_architecture(monkeypatch: pytest.MonkeyPatch) -> None
     groups: list[list[int]] = []
     run_group = execution._run_group
 
-    def spy(model, members, architecture, stacked, dtype=None):
+    def spy(model, members, architecture, routed, dtype=None):
         groups.append(list(members))
-        return run_group(model, members, architecture, stacked, dtype)
+        return run_group(model, members, architecture, routed, dtype)
 
     monkeypatch.setattr(execution, "_run_group", spy)
     _features(model, ExecutionStrategy(stack_specialists=True), _inputs())
@@ -128,15 +129,15 @@ def test_top_k_runs_only_selected(monkeypatch: pytest.MonkeyPatch) -> None:
         ran: list[int] = []
         original = execution.run_specialist
 
-        def spy_single(model, specialist, stream_ids, stacked, strategy, original=original, ran=ran):
+        def spy_single(model, specialist, stream_ids, routed, strategy, original=original, ran=ran):
             ran.append(specialist)
-            return original(model, specialist, stream_ids, stacked, strategy)
+            return original(model, specialist, stream_ids, routed, strategy)
 
         run_group = execution._run_group
 
-        def spy_group(model, members, architecture, stacked, dtype=None, run_group=run_group, ran=ran):
+        def spy_group(model, members, architecture, routed, dtype=None, run_group=run_group, ran=ran):
             ran.extend(members)
-            return run_group(model, members, architecture, stacked, dtype)
+            return run_group(model, members, architecture, routed, dtype)
 
         monkeypatch.setattr(execution, "run_specialist", spy_single)
         monkeypatch.setattr(execution, "_run_group", spy_group)
@@ -193,3 +194,55 @@ def test_invalid_execution_value(value, message: str) -> None:
 def test_execution_from_mapping() -> None:
     strategy = ExecutionStrategy.from_value({"stack_specialists": True})
     assert strategy == ExecutionStrategy(batch_streams=True, stack_specialists=True)
+
+
+def test_routed_inputs_shared_and_uncopied() -> None:
+    model = EoSFM(SPECS[:2] + SPECS[4:], {"optical": ["B4", "B3", "B2"]}, execution=PLAIN).eval()
+    x = {"optical": torch.randn(2, 3, 32, 32)}
+    stacked = model.adapter.stack_input(x)
+    routed = execution.RoutedInputs(model, stacked)
+    # Each RGB specialist's one stream takes channels 0, 1, 2 in order: the input itself.
+    assert all(routed[s] is stacked for s in range(len(model.streams)))
+
+
+def test_routed_inputs_gather_once() -> None:
+    model = _ensemble()
+    stacked = model.adapter.stack_input(_inputs())
+    routed = execution.RoutedInputs(model, stacked)
+    rgb = [s for s, stream in enumerate(model.streams) if stream.route.roles == ("red", "green", "blue")]
+    assert len(rgb) > 1
+    assert all(routed[s] is routed[rgb[0]] for s in rgb)
+    torch.testing.assert_close(routed[rgb[0]], model.adapter.gather(stacked, rgb[0]), rtol=0, atol=0)
+
+
+FOLD = ExecutionStrategy(fold_head=True)
+
+
+def test_fold_head_used_only_without_grad() -> None:
+    model = _ensemble()
+    with torch.no_grad():
+        assert execution.folds_head(model, FOLD)
+    assert not execution.folds_head(model, FOLD)  # gradients enabled
+    model.train()
+    with torch.no_grad():
+        assert not execution.folds_head(model, FOLD)
+
+
+@pytest.mark.parametrize(("norm", "folds"), [("none", True), ("layer", False)])
+def test_fold_head_by_norm(norm: str, folds: bool) -> None:
+    model = EoSFM(SPECS[:2], INPUT_BANDS, norm=norm, execution=PLAIN).eval()
+    x = _inputs()
+    with torch.no_grad():
+        assert execution.folds_head(model, FOLD) is folds
+    _assert_close(_features(model, FOLD, x), _features(model, PLAIN, x), rtol=1e-4, atol=1e-5)
+
+
+def test_fold_head_follows_updates() -> None:
+    model = _ensemble(top_k=3)
+    x = _inputs()
+    _features(model, FOLD, x)  # fills the folded-weight cache
+    with torch.no_grad():
+        model.selection.weight.mul_(1.5)
+        model.norms.norms[0][0].running_mean.add_(0.25)
+        model.fusion.convs[2].bias.add_(1.0)
+    _assert_close(_features(model, FOLD, x), _features(model, PLAIN, x), rtol=1e-4, atol=1e-5)
