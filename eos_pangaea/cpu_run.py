@@ -39,9 +39,13 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 # The Sen1Floods11 segmentation job that `eos-pangaea run-cpu` runs when given
-# no overrides, on the demo chip shipped in eos_pangaea/data/demo.
+# no overrides, on the demo chip shipped in eos_pangaea/data/demo. It keeps the
+# specialists randomly initialised because the manifest does not yet record the
+# published files' names on the hub; pass encoder.encoder_weights=SOURCE to use
+# real weights (see docs/weights.md).
 DEMO_OVERRIDES = (
     "encoder=eos_fm",
+    "encoder.encoder_weights=random",
     "dataset=sen1floods11",
     "decoder=seg_upernet",
     "task=segmentation",
