@@ -14,8 +14,9 @@ so the arrangement is an :class:`ExecutionStrategy`:
   format (not applied inside stacked groups).
 - ``fold_head``: in eval mode without gradients, the normalisation
   statistics and selection weights are folded into the fusion weights, so
-  the features go straight into one 1x1 convolution per level (batch norm
-  with running statistics, or no normalisation; layer norm is not foldable).
+  the features go straight into one 1x1 convolution per level. This works
+  with batch norm (running statistics) or no normalisation, but not with
+  layer norm, whose statistics depend on each sample.
 - ``bf16_autocast``: the specialists run under bfloat16 autocast; their
   features are cast back to the input dtype before normalisation. Autocast
   does not reach inside :func:`torch.vmap` (seen with torch 2.14.1 on CPU),
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExecutionStrategy:
-    """How the selected specialists are run; every field is a speed option.
+    """Arrangement of the specialist calls; every field changes speed, not results.
 
     Attributes:
         batch_streams: Run all streams of one specialist as one call.
@@ -111,7 +112,7 @@ _FIELD_NAMES = tuple(f.name for f in fields(ExecutionStrategy))
 #: One call per stream, float32, contiguous: the reference every strategy is tested against.
 PLAIN = ExecutionStrategy(batch_streams=False)
 
-#: What ``execution="auto"`` uses per device type. CPU: chosen from the
+#: Strategy of ``execution="auto"`` per device type. CPU: chosen from the
 #: measurements in ``docs/benchmarks.md`` (2-core AMD EPYC, torch 2.14.1).
 #: NOTE: no GPU was measured; CUDA keeps the core's previous behaviour
 #: (streams batched, nothing else) until ``benchmarks/bench_ensemble.py``
@@ -144,11 +145,11 @@ def run_folded(
 ) -> list[torch.Tensor]:
     """Compute the fused pyramid with the normalisation and selection folded into the fusion.
 
-    Per stream ``s`` and level, eval-mode batch norm and the selection
-    weight ``w`` are one affine map ``x * a + c`` per channel, with
-    ``a = w / sqrt(var + eps)`` and ``c = -mean * a``; the fusion
-    convolution absorbs it as ``W' = W * a`` and ``b' = b + W @ c``. Both are
-    linear per channel, so they also commute with the bilinear resizing of
+    Per stream and level, eval-mode batch norm followed by the selection
+    weight ``w`` is one affine map ``x * a + c`` per channel, with
+    ``a = w / sqrt(var + eps)`` and ``c = -mean * a``. The fusion
+    convolution absorbs it as ``W' = W * a`` and ``b' = b + W @ c``. The map
+    is affine per channel, so it also commutes with the bilinear resizing of
     maps whose sizes differ.
     """
     from eos_pangaea.ensemble import _match_sizes

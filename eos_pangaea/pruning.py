@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 PRUNED_FORMAT_VERSION = 1
 CONFIG_NAME = "eos-pangaea-pruned.json"
 HEAD_NAME = "head.safetensors"
-# Key of the encoder's trained head in a PANGAEA checkpoint's "model" dict:
-# the decoder's state dict holds the encoder under "encoder.".
+# Suffix of the selection weights' key in a PANGAEA checkpoint's "model" dict,
+# which is the decoder's state dict and contains the encoder under "encoder.".
 SELECTION_KEY_SUFFIX = "selection.weight"
 
 
@@ -54,7 +54,7 @@ def prune_ensemble(
     The new ensemble shares the kept specialist modules with ``model`` and
     copies the rest: selection weights, the kept streams' normalisation
     statistics, and the fusion weight columns of the kept streams. It has
-    no top-k cut, since every specialist it holds is kept.
+    no top-k cut, since every specialist it contains is kept.
 
     Args:
         model: The trained ensemble.
@@ -119,7 +119,12 @@ def selection_report(selection: SpecialistSelection, eligible_only: bool = False
     for rank, (name, weight, kept) in enumerate(selection.ranking(), start=1):
         if eligible_only and not eligible[name]:
             continue
-        status = "kept" if kept else ("dropped" if eligible[name] else "no stream for this input")
+        if kept:
+            status = "kept"
+        elif eligible[name]:
+            status = "dropped"
+        else:
+            status = "no stream for this input"
         lines.append(f"{rank:>4}  {name:<18} {weight:>9.4f}  {status}")
     return "\n".join(lines)
 
@@ -134,7 +139,7 @@ def log_selection_after_training(model: EoSFM) -> None:
 
     :meth:`EoSFM.train` calls this when the ensemble leaves training mode,
     which PANGAEA's evaluator does after every training epoch, so the run's
-    log holds the ranking after each epoch and after the last one.
+    log contains the ranking after each epoch and after the last one.
     """
     steps = int(model.selection.steps_seen)
     if steps == 0 or steps == getattr(model, "_ranking_logged_at", 0):
@@ -165,7 +170,7 @@ def load_checkpoint_head(path: str | Path) -> dict[str, torch.Tensor | Any]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: The file holds no EoS-FM selection weights, or several.
+        ValueError: The file contains no EoS-FM selection weights, or several.
     """
     path = Path(path)
     if not path.is_file():
@@ -173,7 +178,7 @@ def load_checkpoint_head(path: str | Path) -> dict[str, torch.Tensor | Any]:
     content = torch.load(path, map_location="cpu", weights_only=True)
     state = content.get("model", content) if isinstance(content, Mapping) else None
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds no state dict (found {type(content).__name__}); pass a PANGAEA checkpoint.")
+        raise ValueError(f"{path} contains no state dict (found {type(content).__name__}); pass a PANGAEA checkpoint.")
     prefixes = sorted(k[: -len(SELECTION_KEY_SUFFIX)] for k in state if k.endswith(SELECTION_KEY_SUFFIX))
     if len(prefixes) != 1:
         raise ValueError(
