@@ -112,13 +112,15 @@ _FIELD_NAMES = tuple(f.name for f in fields(ExecutionStrategy))
 #: One call per stream, float32, contiguous: the reference every strategy is tested against.
 PLAIN = ExecutionStrategy(batch_streams=False)
 
-#: Strategy of ``execution="auto"`` per device type. CPU: chosen from the
-#: measurements in ``docs/benchmarks.md`` (2-core AMD EPYC, torch 2.14.1).
-#: NOTE: no GPU was measured; CUDA keeps the core's previous behaviour
-#: (streams batched, nothing else) until ``benchmarks/bench_ensemble.py``
-#: shows on a GPU which options pay.
+#: Strategy of ``execution="auto"`` per device type, from ``docs/benchmarks.md``
+#: (AMD EPYC with AVX512-BF16, 1 thread, torch 2.14.1). On CPU no strategy paid:
+#: batched streams 0.98-1.03x, channels-last 0.93-1.01x, folding 1.02x, stacking
+#: 0.40-0.46x. bfloat16 autocast ran 1.29-1.34x faster but changes features by
+#: about 1 % and depends on the CPU's bfloat16 instructions, so it stays opt-in.
+#: NOTE: no GPU was measured; CUDA keeps the core's previous behaviour (streams
+#: batched) until ``benchmarks/bench_ensemble.py --device cuda`` shows what pays.
 DEVICE_DEFAULTS: dict[str, ExecutionStrategy] = {
-    "cpu": ExecutionStrategy(batch_streams=True),
+    "cpu": PLAIN,
     "cuda": ExecutionStrategy(batch_streams=True),
 }
 
