@@ -298,8 +298,6 @@ def load_pruned_ensemble(path: str | Path, **options: Any) -> EoSFM:
         FileNotFoundError: The directory or one of its files is missing.
         ValueError: The files are of another format version or do not match.
     """
-    from safetensors.torch import load_file
-
     from eos_pangaea.weights import load_ensemble_weights
 
     path = Path(path)
@@ -330,8 +328,27 @@ def load_pruned_ensemble(path: str | Path, **options: Any) -> EoSFM:
     if changed:
         raise ValueError(f"Specialists {changed} in {path} differ from the weights the pruned head was fitted "
                          "with; export the pruned ensemble again.")
-    load_head_into(model, load_file(str(path / HEAD_NAME)), source=str(path / HEAD_NAME))
+    load_pruned_head(model, path)
     return model.eval()
+
+
+def load_pruned_head(model: EoSFM, path: str | Path) -> None:
+    """Load the head of a directory written by :func:`export_pruned` into ``model``.
+
+    ``model`` must hold the directory's specialists, in its order, with
+    their weights loaded; an encoder built with ``specialists`` set to the
+    kept names, ``top_k`` unset and the directory as weights source does.
+
+    Raises:
+        FileNotFoundError: The head file is missing.
+        ValueError: The head does not fit ``model``.
+    """
+    from safetensors.torch import load_file
+
+    head_path = Path(path) / HEAD_NAME
+    if not head_path.is_file():
+        raise FileNotFoundError(f"{head_path} not found; pass a directory written by `eos-pangaea prune`.")
+    load_head_into(model, load_file(str(head_path)), source=str(head_path))
 
 
 # ---------------------------------------------------------------- helpers

@@ -259,3 +259,18 @@ def test_cli_prune_missing_config(checkpoint, tmp_path, capsys) -> None:
     status = main(["prune", checkpoint, "-o", str(tmp_path / "x"), "--run-config", str(tmp_path / "none.yaml")])
     assert status == 1
     assert "none.yaml not found" in capsys.readouterr().err
+
+
+def test_encoder_style_load_on_chip(trained, pruned, chip_batch, tmp_path) -> None:
+    """Build as the encoder config does (kept names, no top_k, the directory as weights), then load the head."""
+    from eos_pangaea.pruning import is_pruned_export, load_pruned_head
+    from eos_pangaea.weights import load_ensemble_weights
+
+    export_pruned(pruned, tmp_path / "small")
+    assert is_pruned_export(tmp_path / "small")
+    model = EoSFM(build_specialists(load_specialist_specs(KEPT)), SEN1FLOODS11_BANDS, dataset="Sen1Floods11",
+                  specialists_in_state_dict=False)
+    load_ensemble_weights(model, tmp_path / "small")
+    load_pruned_head(model, tmp_path / "small")
+    for a, e in zip(_features(model, chip_batch), _features(trained, chip_batch)):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)

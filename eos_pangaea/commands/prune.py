@@ -71,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"Parameters: {after['total']:,} ({after['specialists']:,} in specialists, {after['head']:,} in "
           f"selection and fusion), down from {before['total']:,}")
     print(f"Wrote {args.output}")
+    names = ",".join(s.name for s in pruned.specialists)
+    print(f"PANGAEA overrides for these specialists: encoder.specialists=[{names}] encoder.top_k=null "
+          f"encoder.encoder_weights={args.output.resolve()}")
+    # NOTE: the PANGAEA encoder loads only the specialists from such a directory; its trained head
+    # (head.safetensors) needs eos_pangaea.pruning.load_pruned_head, which the encoder does not call yet.
     return 0
 
 
