@@ -15,9 +15,9 @@ weights, seed 0) and prints, with the hardware and torch version:
 Times are medians of ``--repeats`` round-robin repeats after ``--warmup``
 unmeasured rounds: every case in a table runs once per round, so machine
 noise hits all of them alike. On CPU the default clock is the process's CPU
-time (``time.process_time``), which other processes on a shared machine do
-not inflate the way they inflate wall-clock time; ``--clock wall`` measures
-wall-clock time instead. Run from the repository root:
+time (``time.process_time``). Other processes on a shared machine inflate it
+far less than wall-clock time, which ``--clock wall`` measures instead. Run
+from the repository root:
 
     python3 benchmarks/bench_ensemble.py --threads 1
 

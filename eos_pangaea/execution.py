@@ -114,8 +114,8 @@ PLAIN = ExecutionStrategy(batch_streams=False)
 
 #: Strategy of ``execution="auto"`` per device type, from ``docs/benchmarks.md``
 #: (AMD EPYC with AVX512-BF16, 1 thread, torch 2.14.1). On CPU no strategy paid:
-#: batched streams 0.98-1.03x, channels-last 0.93-1.01x, folding 1.02x, stacking
-#: 0.40-0.46x. bfloat16 autocast ran 1.29-1.34x faster but changes features by
+#: batched streams 0.97-1.03x, channels-last 0.93-1.01x, folding 1.00-1.02x,
+#: stacking 0.34-0.47x. bfloat16 autocast ran 1.27-1.34x faster but changes features by
 #: about 1 % and depends on the CPU's bfloat16 instructions, so it stays opt-in.
 #: NOTE: no GPU was measured; CUDA keeps the core's previous behaviour (streams
 #: batched) until ``benchmarks/bench_ensemble.py --device cuda`` shows what pays.
