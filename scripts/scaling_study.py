@@ -1,4 +1,4 @@
-"""Run one PANGAEA experiment per top_k value: the EoS-FM paper's Fig. 4 scaling study.
+"""Run one PANGAEA experiment per top_k value, as in Fig. 4 of EoS-FM (arXiv 2511.21523).
 
 Each k is a separate PANGAEA process, started one after the other. A Hydra
 multirun (``-m encoder.top_k=2,4,...``) does not work: PANGAEA's ``run.py``
@@ -10,7 +10,7 @@ started in the PANGAEA checkout; with ``--cpu`` it is ``eos-pangaea run-cpu``.
 Every run writes its own experiment folder under ``work_dir``; plot the study
 with ``eos-pangaea plot-scaling WORK_DIR``.
 
-Example (HLS Burn Scars, UperNet, as in the paper's Fig. 4)::
+Example (HLS Burn Scars with UperNet, the setting of that figure)::
 
     python3 scripts/scaling_study.py --pangaea-root ~/pangaea-bench --ks 2,4,6,9,13,19 \\
         --work-dir work_dir/scaling -- dataset=hlsburnscars decoder=seg_upernet \\

@@ -1,8 +1,9 @@
 """``eos-pangaea plot-scaling``: test metric against the number of selected specialists.
 
-This is the EoS-FM paper's Fig. 4 (on HLS Burn Scars, mIoU rises from 76 %
-with 2 specialists to 84 % with 19, not monotonically), drawn from PANGAEA
-experiment folders such as ``scripts/scaling_study.py`` writes.
+This is Fig. 4 of EoS-FM (Adorni et al., arXiv 2511.21523). There, on HLS
+Burn Scars, mIoU rises from 76 % with 2 specialists to 84 % with 19, not
+monotonically. The command draws the same plot from PANGAEA experiment
+folders, such as those ``scripts/scaling_study.py`` writes.
 """
 
 from __future__ import annotations
