@@ -63,8 +63,12 @@ class EoSFMEncoder(Encoder):
             only partly present.
         batch_streams: Run all streams of one specialist as one batched call.
         channels_last: Run the specialists in channels-last memory format.
+        execution: How to run the specialists (see :mod:`eos_pangaea.execution`),
+            for example ``"auto"``; ``None`` follows ``batch_streams`` and
+            ``channels_last``.
         encoder_weights: Weights source for :func:`eos_pangaea.weights.load_ensemble_weights`,
-            or ``"random"`` to keep the random initialisation.
+            or ``"random"`` to keep the random initialisation. A directory
+            written by ``eos-pangaea prune`` also provides the trained head.
         download_url: Must be empty: the weights layer fetches the weights, so
             PANGAEA's own download stays off.
         embed_dim: Width of the last level, for PANGAEA's bookkeeping.
@@ -98,6 +102,7 @@ class EoSFMEncoder(Encoder):
         missing_bands: str = "skip",
         batch_streams: bool = True,
         channels_last: bool = False,
+        execution: str | Mapping[str, bool] | None = None,
         encoder_weights: str = RANDOM_WEIGHTS,
         download_url: str = "",
         embed_dim: int | None = None,
@@ -122,6 +127,7 @@ class EoSFMEncoder(Encoder):
                 width_multiplier=width_multiplier,
                 batch_streams=batch_streams,
                 channels_last=channels_last,
+                execution=None if execution is None else (execution if isinstance(execution, str) else dict(execution)),
                 specialists_in_state_dict=False,
             )
         except ValueError as error:
@@ -181,6 +187,13 @@ class EoSFMEncoder(Encoder):
                 "install a release that has it, or pass encoder.encoder_weights=random for a smoke test."
             ) from error
         load_ensemble_weights(self.ensemble, source, logger=logger)
+
+        from eos_pangaea.pruning import is_pruned_export, load_pruned_head
+
+        if is_pruned_export(source):
+            load_pruned_head(self.ensemble, source)
+            logger.info("EoS-FM: loaded the trained head (selection weights, normalisation statistics, "
+                        "fusion) of the pruned ensemble in %s", source)
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
         """Yield the frozen specialists' parameters only.

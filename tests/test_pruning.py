@@ -274,3 +274,21 @@ def test_encoder_style_load_on_chip(trained, pruned, chip_batch, tmp_path) -> No
     load_pruned_head(model, tmp_path / "small")
     for a, e in zip(_features(model, chip_batch), _features(trained, chip_batch)):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+
+
+def test_pangaea_encoder_loads_pruned_export(trained, pruned, chip_batch, tmp_path) -> None:
+    """The overrides that `prune` prints give the pruned model's features in PANGAEA's encoder."""
+    pytest.importorskip("pangaea", reason="PANGAEA is not installed; the encoder adapter needs it")
+    import logging
+
+    from eos_pangaea.pangaea_encoder import EoSFMEncoder
+
+    export_pruned(pruned, tmp_path / "small")
+    encoder = EoSFMEncoder(input_bands=SEN1FLOODS11_BANDS, input_size=128, dataset_name="Sen1Floods11",
+                           specialists=KEPT, top_k=None, encoder_weights=str(tmp_path / "small"))
+    encoder.load_encoder_weights(logging.getLogger("test"))
+    encoder.eval()
+    with torch.no_grad():
+        features = encoder(chip_batch)
+    for a, e in zip(features, _features(trained, chip_batch)):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
