@@ -127,7 +127,7 @@ class EoSFMEncoder(Encoder):
                 width_multiplier=width_multiplier,
                 batch_streams=batch_streams,
                 channels_last=channels_last,
-                execution=None if execution is None else (execution if isinstance(execution, str) else dict(execution)),
+                execution=_plain_execution(execution),
                 specialists_in_state_dict=False,
             )
         except ValueError as error:
@@ -167,29 +167,21 @@ class EoSFMEncoder(Encoder):
             logger: The logger PANGAEA passes in.
 
         Raises:
-            RuntimeError: The weights layer (:mod:`eos_pangaea.weights`) is
-                not installed.
+            ValueError: The weights are missing, corrupt, unsafe or do not
+                fit the specialists (see :mod:`eos_pangaea.weights`).
         """
         source = str(self.encoder_weights)
         warn_if_fusion_untrained(self, logger)
         if source == RANDOM_WEIGHTS:
             logger.warning("EoS-FM: encoder_weights=random, so the specialists keep their random "
                            "initialisation. Results mean nothing beyond a smoke test; pass a weights "
-                           "source such as encoder.encoder_weights=hf://pierreadorni/eos-fm for real runs.")
+                           "source (a folder, a file or hf://REPO@REVISION/FILENAME) for real runs.")
             return
-        try:
-            from eos_pangaea.weights import load_ensemble_weights
-        except ModuleNotFoundError as error:
-            if error.name is None or not error.name.startswith("eos_pangaea"):
-                raise
-            raise RuntimeError(
-                f"encoder_weights={source!r} needs eos_pangaea.weights, which this installation lacks; "
-                "install a release that has it, or pass encoder.encoder_weights=random for a smoke test."
-            ) from error
-        load_ensemble_weights(self.ensemble, source, logger=logger)
 
         from eos_pangaea.pruning import is_pruned_export, load_pruned_head
+        from eos_pangaea.weights import load_ensemble_weights
 
+        load_ensemble_weights(self.ensemble, source, logger=logger)
         if is_pruned_export(source):
             load_pruned_head(self.ensemble, source)
             logger.info("EoS-FM: loaded the trained head (selection weights, normalisation statistics, "
@@ -322,6 +314,13 @@ def _check_options(download_url: str, multi_temporal: bool | int, pyramid_output
     if not pyramid_output:
         raise ValueError("pyramid_output=false: EoS-FM outputs a feature pyramid (strides 4/8/16/32); "
                          "keep encoder.pyramid_output=true.")
+
+
+def _plain_execution(execution: str | Mapping[str, bool] | None) -> str | dict[str, bool] | None:
+    """Turn an OmegaConf mapping from the encoder config into a plain dict."""
+    if execution is None or isinstance(execution, str):
+        return execution
+    return dict(execution)
 
 
 def _as_list(value: int | Sequence[int], levels: int) -> list[int]:
