@@ -184,8 +184,8 @@ def plan_streams(
     table = role_table or default_role_table()
     rules = default_rules() if rules is None else tuple(rules)
     if dataset is not None and dataset.lower() not in table.datasets:
-        logger.info("Dataset %r has no entry in band_roles.yaml; reading its band labels with their "
-                    "Sentinel-1/2 meanings", dataset)
+        logger.warning("Dataset %r has no entry in band_roles.yaml; reading its band labels with their "
+                       "Sentinel-1/2 meanings. Check the name, or pass band_labels for other sensors.", dataset)
     available = _input_roles(input_bands, dataset, band_labels, table)
 
     streams: list[Stream] = []

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run, inspect and extend the EoS-FM ensemble for the PANGAEA benchmark.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log progress messages (-v) or debug messages too (-vv)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=_log_level(args),
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not getattr(args, "func", None):
@@ -53,10 +54,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, OSError, RuntimeError) as error:
         # Expected user errors: print the message alone, without a traceback.
         print(f"eos-pangaea {args.command}: error: {error}", file=sys.stderr)
         return 1
+
+
+# Long-running commands report progress by default; the others print their
+# result and log only warnings unless -v is given.
+PROGRESS_COMMANDS = ("run-cpu", "weights", "prune")
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    if args.verbose >= 2:
+        return logging.DEBUG
+    if args.verbose == 1 or args.command in PROGRESS_COMMANDS:
+        return logging.INFO
+    return logging.WARNING
 
 
 if __name__ == "__main__":

@@ -40,12 +40,33 @@ def test_inspect_error_names_the_bands(capsys):
 def test_inspect_rejects_malformed_bands(capsys):
     assert main(["inspect", "--bands", "B4,B3"]) == 1
     assert "--bands 'B4,B3' is invalid" in capsys.readouterr().err
+    assert main(["inspect", "--bands", "optical=B2,,B3"]) == 1
+    assert "no empty band name" in capsys.readouterr().err
+    assert main(["inspect", "--bands", "optical=B4,B3,B2", "--bands", "optical=B8"]) == 1
+    assert "modality 'optical' twice" in capsys.readouterr().err
+
+
+def test_inspect_warns_on_unknown_dataset(capsys, caplog):
+    assert main(["inspect", "--bands", "optical=B4,B3,B2", "--dataset", "NoSuchDataset",
+                 "--specialists", "eurosat"]) == 0
+    assert "'NoSuchDataset' has no entry in band_roles.yaml" in caplog.text
+
+
+def test_missing_file_is_a_clean_error(capsys):
+    assert main(["inspect", "--dataset-config", "/nonexistent/dataset.yaml"]) == 1
+    assert "not found" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_help_after_install_in_fresh_venv(tmp_path):
     # The environment borrows the installed torch and timm (system site packages)
     # but installs this package from a clean copy of the sources.
+    setuptools = pytest.importorskip("setuptools", reason="building the wheel needs setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 68:
+        pytest.skip(f"setuptools {setuptools.__version__} in {sys.executable} is older than the 68 that "
+                    "pyproject.toml requires; run the tests from an environment with a newer setuptools")
+    pytest.importorskip("wheel" if int(setuptools.__version__.split(".")[0]) < 70 else "setuptools",
+                        reason="setuptools before 70 needs the wheel package to build wheels")
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"

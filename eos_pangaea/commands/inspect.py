@@ -74,9 +74,13 @@ def _input_bands(args: argparse.Namespace) -> tuple[dict[str, list[str]], str | 
     bands = {}
     for item in args.bands:
         modality, sep, labels = item.partition("=")
-        if not sep or not modality or not labels:
-            raise ValueError(f"--bands {item!r} is invalid; write MODALITY=B1,B2,... such as optical=B4,B3,B2")
-        bands[modality] = [label.strip() for label in labels.split(",") if label.strip()]
+        names = [label.strip() for label in labels.split(",")]
+        if not sep or not modality or not all(names):
+            raise ValueError(f"--bands {item!r} is invalid; write MODALITY=B1,B2,... such as optical=B4,B3,B2, "
+                             "with no empty band name")
+        if modality in bands:
+            raise ValueError(f"--bands gives modality {modality!r} twice; list all of its bands in one --bands")
+        bands[modality] = names
     return bands, dataset
 
 

@@ -280,7 +280,8 @@ def _hub_files(source: str, names: list[str], strict: bool, cache_dir, revision,
     raise ValueError(
         f"The weights manifest names no files in {ref.repo} for specialists {[n for n in names if n not in per_file]}: "
         f"{manifest.ensemble.note} Pass the file explicitly, e.g. hf://{ref.repo}@{revision}/FILENAME (an ensemble "
-        f"file or an {INDEX_NAME} index)."
+        f"file or an {INDEX_NAME} index); in PANGAEA, as encoder.encoder_weights=hf://{ref.repo}@{revision}/FILENAME, "
+        "a local folder or file, or encoder.encoder_weights=random for a smoke test."
     )
 
 
