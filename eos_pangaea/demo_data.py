@@ -77,16 +77,16 @@ def build_sen1floods11_layout(
 
     Raises:
         FileNotFoundError: The chip's files are missing.
-        FileExistsError: ``out_root`` exists and ``overwrite`` is false.
+        FileExistsError: ``out_root`` exists and ``overwrite`` is false, or
+            ``out_root`` is not a folder this function wrote (a file, or a
+            non-empty folder without ``v1.1/splits``).
         ValueError: The chip is too small for one training window and one
             validation and one test tile.
     """
     rasterio = _import_rasterio()
     chip_dir = Path(chip_dir) if chip_dir is not None else demo_chip_dir()
     out_root = Path(out_root)
-    if out_root.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out_root} exists; remove it or pass overwrite=True (--overwrite).")
+    if _check_out_root(out_root, overwrite):
         shutil.rmtree(out_root)
 
     sources = _find_chip_files(chip_dir)
@@ -129,6 +129,25 @@ def build_sen1floods11_layout(
     counts = {"train": len(splits["train"]), "val": len(splits["valid"]), "test": len(splits["test"])}
     logger.info("Wrote a Sen1Floods11 layout of chip %s at %s: %s samples of %d px", chip_id, out_root, counts, tile)
     return Layout(out_root, counts)
+
+
+def _check_out_root(out_root: Path, overwrite: bool) -> bool:
+    """Return whether ``out_root`` is an earlier layout to replace; raise if it must not be touched."""
+    if not out_root.exists() and not out_root.is_symlink():
+        return False
+    if not overwrite:
+        raise FileExistsError(f"Output folder {out_root} already exists; remove it, choose another folder, "
+                              "or pass overwrite=True (--overwrite) to replace it.")
+    if out_root.is_symlink() or not out_root.is_dir():
+        raise FileExistsError(f"{out_root} exists and is not a folder; overwrite=True (--overwrite) replaces "
+                              "only a dataset folder. Choose another output folder.")
+    # --overwrite deletes the folder, so it only accepts an earlier layout or an
+    # empty folder, never a mistyped path such as the home folder.
+    if any(out_root.iterdir()) and not (out_root / "v1.1" / "splits").is_dir():
+        raise FileExistsError(f"{out_root} is not a Sen1Floods11 layout (it has no v1.1/splits folder), so "
+                              "overwrite=True (--overwrite) does not delete it. Remove it yourself or choose "
+                              "another output folder.")
+    return True
 
 
 def _plan_tiles(height: int, width: int, tile: int):
