@@ -224,3 +224,12 @@ def test_random_source_warns(caplog):
     with caplog.at_level(logging.WARNING):
         assert load_specialist_weights([make_specialist()], "random") == []
     assert "randomly initialised" in caplog.text
+
+
+def test_verify_sha256_rejects_malformed_digest(tmp_path):
+    from eos_pangaea.weights.files import WeightsError, verify_sha256
+
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"weights")
+    with pytest.raises(WeightsError, match="'00' is not a SHA-256 digest"):
+        verify_sha256(path, "00", "--sha256")

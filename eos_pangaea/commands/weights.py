@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("out", type=Path, help="output directory (--format directory) or file")
     export.add_argument("--names", help="comma-separated specialists to keep, e.g. those a pruned ensemble selected")
     export.add_argument("--format", choices=("directory", "file", "official"), default="directory",
-                        help="directory: <name>.safetensors plus index; file: one safetensors file; official: the official pickle list")
+                        help="directory: <name>.safetensors plus index (default); file: one safetensors file; "
+                        "official: the official pickle list")
     _add_common(export)
     export.set_defaults(func=_export)
 

@@ -68,7 +68,11 @@ def verify_sha256(path: str | Path, expected: str, what: str) -> str:
 
     Raises:
         ChecksumMismatchError: The digests differ.
+        WeightsError: ``expected`` is not 64 hexadecimal digits.
     """
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", expected or ""):
+        raise WeightsError(f"{what}={expected!r} is not a SHA-256 digest; give 64 hexadecimal digits "
+                           "(as printed by `sha256sum FILE`).")
     actual = sha256_file(path)
     if actual != expected.lower():
         raise ChecksumMismatchError(
@@ -166,8 +170,8 @@ def load_pickle_weights_only(path: str | Path) -> Any:
             f"Refused to load {path}: it is a pickle that needs Python objects other than tensors and "
             f"plain containers ({detail.strip()}), and loading such a file can run arbitrary code. "
             "eos-pangaea reads pickles only with torch.load(weights_only=True). If you trust the file, "
-            "re-save its tensors in a trusted environment as plain dicts or safetensors files, or convert "
-            "an official ensemble there with `eos-pangaea weights import-official`."
+            "re-save its tensors in a trusted environment as plain dicts of tensors or as safetensors files, "
+            "then load or import those."
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
         raise WeightsError(
