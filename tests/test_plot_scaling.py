@@ -41,3 +41,18 @@ def test_plot_scaling_reads_k(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
 def test_plot_scaling_without_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["plot-scaling", str(tmp_path)]) == 1
     assert "No complete EoS-FM run" in capsys.readouterr().err
+
+
+def test_plot_scaling_reports_non_utf8_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _copy_run(tmp_path, "20261204_100000_aaaaaa_eos_fm_seg_upernet_hlsburnscars", "2")
+    broken = _copy_run(tmp_path, "20261204_100100_bbbbbb_eos_fm_seg_upernet_hlsburnscars", "2")
+    (broken / "configs" / "config.yaml").write_bytes(b"\x00\xff{[: garbage\n")
+
+    assert main(["plot-scaling", str(tmp_path), "--output", str(tmp_path / "scaling.png")]) == 0
+
+    out = capsys.readouterr().out
+    skipped = [line for line in out.splitlines() if line.startswith(f"skipped {broken}")]
+    assert skipped, out
+    assert "configs/config.yaml is not valid UTF-8" in skipped[0]
+    rows = [line.split() for line in out.splitlines() if line.startswith("HLSBurnScars")]
+    assert [row[2:4] for row in rows] == [["2", "1"]]

@@ -7,10 +7,12 @@ import csv
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 
+from eos_pangaea.cli import main
 from eos_pangaea.commands import leaderboard as leaderboard_command
 from eos_pangaea.results.leaderboard import avg_dtb, build_leaderboard
 from eos_pangaea.results.reference import load_reference_table
@@ -18,6 +20,8 @@ from eos_pangaea.results.render import render
 from eos_pangaea.results.runs import read_runs
 
 WORK_DIR = Path(__file__).parent / "data" / "runs" / "work_dir"
+# A copy of an HLS Burn Scars run whose config the tests overwrite with bytes that are not UTF-8.
+BAD_CONFIG_RUN = "20261204_192200_c0ffee_eos_fm_seg_upernet_hlsburnscars"
 
 # Table 3 values the fixture runs are compared with.
 TABLE3_BEST_HLS = 79.46  # UNet
@@ -163,6 +167,20 @@ def test_fraction_scale_warning(tmp_path):
     leaderboard = build_leaderboard(runs, reference=load_reference_table("table3"))
 
     assert any("looks like a fraction" in note for note in leaderboard.notes)
+
+
+def test_cli_reports_non_utf8_config(tmp_path, capsys):
+    for folder in ("20261204_192121_b71e02_eos_fm_seg_upernet_hlsburnscars", BAD_CONFIG_RUN):
+        shutil.copytree(WORK_DIR / "20261204_192121_b71e02_eos_fm_seg_upernet_hlsburnscars", tmp_path / folder)
+    (tmp_path / BAD_CONFIG_RUN / "configs" / "config.yaml").write_bytes(b"\x00\xff{[: garbage\n")
+
+    assert main(["leaderboard", str(tmp_path), "--reference", "table3"]) == 0
+
+    out = capsys.readouterr().out
+    assert "eos_fm" in out
+    report = [line for line in out.splitlines() if BAD_CONFIG_RUN in line]
+    assert report, out
+    assert "configs/config.yaml is not valid UTF-8" in report[0]
 
 
 def test_avg_dtb_never_fills_missing():

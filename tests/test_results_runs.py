@@ -122,6 +122,30 @@ def test_missing_config_is_invalid():
     assert record.value == pytest.approx(80.0)
 
 
+def test_non_utf8_config_is_invalid(tmp_path):
+    run_dir = tmp_path / HLS_SEED1
+    shutil.copytree(WORK_DIR / HLS_SEED1, run_dir)
+    (run_dir / "configs" / "config.yaml").write_bytes(b"\x00\xff{[: garbage\n")
+
+    record = read_run(run_dir)
+
+    assert record.status == INVALID
+    assert any("configs/config.yaml is not valid UTF-8" in problem for problem in record.problems)
+    assert record.value == pytest.approx(19.291)
+
+
+def test_non_utf8_log_bytes_are_replaced(tmp_path):
+    run_dir = tmp_path / HLS_SEED1
+    shutil.copytree(WORK_DIR / HLS_SEED1, run_dir)
+    log = run_dir / "train.log-0"
+    log.write_bytes(b"\xff\xfe stray bytes \x80\n" + log.read_bytes())
+
+    record = read_run(run_dir)
+
+    assert record.status == COMPLETE
+    assert record.value == pytest.approx(19.291)
+
+
 def test_unknown_dataset_is_invalid():
     record = read_run(WORK_DIR / UNKNOWN_DATASET)
 

@@ -248,6 +248,13 @@ def _read_config(record: RunRecord) -> dict | None:
     except OSError as error:
         _reject(record, f"{CONFIG_PATH} cannot be read ({error}); check its permissions")
         return None
+    except UnicodeDecodeError as error:
+        _reject(
+            record,
+            f"{CONFIG_PATH} is not valid UTF-8 (byte {error.object[error.start:error.start + 1]!r} at offset "
+            f"{error.start}), so it is not the YAML PANGAEA saved; restore the file PANGAEA saved"
+        )
+        return None
     except yaml.YAMLError as error:
         _reject(record, f"{CONFIG_PATH} is not valid YAML ({error}); restore the file PANGAEA saved")
         return None
