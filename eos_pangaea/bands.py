@@ -2,8 +2,8 @@
 
 Routing works on band *roles* (red, near-infrared, VV, ...), never on channel
 counts. A dataset's labels are turned into roles with the shipped table
-``data/band_roles.yaml`` (which knows where PANGAEA datasets use Sentinel-2
-names for other sensors), and so are the bands each specialist declares.
+``data/band_roles.yaml``, which records where PANGAEA datasets use Sentinel-2
+names for other sensors, and so are the bands each specialist declares.
 Each specialist then receives its own declared bands (the ``exact`` route)
 plus every rule of ``data/routes.yaml`` that matches its channel count, for
 example the EoS-FM paper's Sentinel-2 RGB, IR-R-G and Sentinel-1 pseudo-RGB

@@ -64,7 +64,7 @@ class EoSFM(nn.Module):
             of its fields, ``"plain"``, or ``"auto"`` for the default of the
             input's device. When ``None`` (default), ``batch_streams`` and
             ``channels_last`` decide.
-        specialists_in_state_dict: Whether ``state_dict()`` holds the frozen
+        specialists_in_state_dict: Whether ``state_dict()`` contains the frozen
             specialists. When ``False`` it holds only the trained head
             (selection, normalisation statistics, fusion) plus the names and
             SHA-256 digests of the specialists, loading such a state dict
@@ -200,7 +200,6 @@ class EoSFM(nn.Module):
              tuple("0" if src is None else labels[src] for src in s.sources))
             for s in self.streams
         ]
-
 
     def specialist_digests(self) -> dict[str, str]:
         """Return the SHA-256 digest of each specialist's weights, by name."""

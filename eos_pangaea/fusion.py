@@ -2,9 +2,9 @@
 
 Per pyramid level, a single 1x1 convolution maps the concatenated feature maps
 of every stream to the output width. Streams of specialists that selection
-dropped are not computed, so instead of feeding zeros the convolution uses
-only the weight columns of the streams that are present; the result equals
-the full convolution with zeros in the dropped slots.
+dropped are not computed. Instead of feeding zeros for them, the convolution
+uses only the weight columns of the streams that are present, which gives the
+same result as the full convolution with zeros in the dropped slots.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ DEFAULT_BACKBONE = "convnextv2_atto"
 
 @dataclass(frozen=True)
 class SpecialistSpec:
-    """What a specialist is: its name, declared input bands and architecture.
+    """Description of a specialist: its name, declared input bands and architecture.
 
     Attributes:
         name: Unique name, for example ``sen12ms-s2``.
