@@ -1,9 +1,9 @@
 """Step 1 of EoS-FM: adapt the bands of a sample to each specialist.
 
 Routing works on band *roles* (red, near-infrared, VV, ...), never on channel
-counts. A dataset's labels are turned into roles with the shipped table
-``data/band_roles.yaml``, which records where PANGAEA datasets use Sentinel-2
-names for other sensors, and so are the bands each specialist declares.
+counts. The shipped table ``data/band_roles.yaml`` turns band labels into
+roles, both a dataset's labels and the bands each specialist declares. It also
+records where PANGAEA datasets use Sentinel-2 names for other sensors.
 Each specialist then receives its own declared bands (the ``exact`` route)
 plus every rule of ``data/routes.yaml`` that matches its channel count, for
 example the EoS-FM paper's Sentinel-2 RGB, IR-R-G and Sentinel-1 pseudo-RGB
