@@ -172,6 +172,11 @@ class EoSFMEncoder(Encoder):
         """
         source = str(self.encoder_weights)
         warn_if_fusion_untrained(self, logger)
+        counts = count_parameters(self)
+        logger.info("EoS-FM parameters: %s in total (%s in specialists, %s in selection and fusion); "
+                    "%s used per inference pass with top_k=%s",
+                    f"{counts['total']:,}", f"{counts['specialists']:,}", f"{counts['head']:,}",
+                    f"{counts['active']:,}", self.ensemble.selection.top_k)
         if source == RANDOM_WEIGHTS:
             logger.warning("EoS-FM: encoder_weights=random, so the specialists keep their random "
                            "initialisation. Results mean nothing beyond a smoke test; pass a weights "

@@ -221,7 +221,7 @@ def test_ddp_top_k_below_ensemble_size(pangaea_config_dir, tmp_path):
         dist.destroy_process_group()
 
 
-def test_small_variant_parameter_count(pangaea_config_dir):
+def test_small_variant_parameter_count(caplog, pangaea_config_dir):
     from hydra.utils import instantiate
 
     from eos_pangaea.pangaea_encoder import count_parameters
@@ -234,6 +234,9 @@ def test_small_variant_parameter_count(pangaea_config_dir):
     assert len(encoder.ensemble.specialists) == 21
     assert 20e6 < counts["active"] < 24e6, counts
     assert 70e6 < counts["total"] < 85e6, counts
+    caplog.set_level(logging.INFO, logger="pangaea-test")
+    encoder.load_encoder_weights(logging.getLogger("pangaea-test"))
+    assert f"{counts['active']:,} used per inference pass with top_k=6" in caplog.text
 
 
 def test_pangaea_run_finds_encoder_config(pangaea_config_dir, tmp_path):
