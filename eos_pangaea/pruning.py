@@ -158,7 +158,9 @@ def load_checkpoint_head(path: str | Path) -> dict[str, torch.Tensor | Any]:
     PANGAEA's trainer saves ``{"model": decoder.state_dict(), "optimizer":
     ..., "lr_scheduler": ..., "epoch": ...}``; the encoder's keys start with
     ``encoder.`` and, for our adapter, ``encoder.ensemble.``. The file is
-    read with ``torch.load(weights_only=True)``.
+    read with :func:`eos_pangaea.weights.files.read_weights_file`, so a
+    pickle is loaded only with ``torch.load(weights_only=True)`` and no code
+    in it runs.
 
     Args:
         path: A ``checkpoint__best.pth``, ``checkpoint_<epoch>.pth`` or
@@ -170,12 +172,23 @@ def load_checkpoint_head(path: str | Path) -> dict[str, torch.Tensor | Any]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        UnsafePickleError: The file is a pickle that needs Python objects
+            other than tensors and containers, which could run code.
+        WeightsError: The file is not a torch or safetensors file, or is
+            truncated or corrupt.
         ValueError: The file contains no EoS-FM selection weights, or several.
     """
+    from eos_pangaea.weights.files import WeightsError, read_weights_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} not found; pass a checkpoint_*.pth file of a PANGAEA experiment folder.")
-    content = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        content, _ = read_weights_file(path)
+    except (KeyError, IndexError, TypeError, AttributeError, EOFError) as error:
+        # torch's weights-only unpickler raises these on some corrupt pickles instead of UnpicklingError.
+        raise WeightsError(f"{path} could not be read as a torch file ({type(error).__name__}: {error}); it is "
+                           "truncated or corrupt, so pass a checkpoint_*.pth file PANGAEA wrote.") from error
     state = content.get("model", content) if isinstance(content, Mapping) else None
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} contains no state dict (found {type(content).__name__}); pass a PANGAEA checkpoint.")

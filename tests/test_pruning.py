@@ -261,6 +261,62 @@ def test_cli_prune_missing_config(checkpoint, tmp_path, capsys) -> None:
     assert "none.yaml not found" in capsys.readouterr().err
 
 
+class _RunsShellCommand:
+    """A pickle whose loading would run a shell command that creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _unreadable_checkpoints(folder):
+    """Write a text file and a malicious pickle, both named like checkpoints."""
+    import pickle
+
+    text = folder / "text_checkpoint.pth"
+    text.write_text("epoch 3, mIoU 41.2\n")
+    malicious = folder / "malicious_checkpoint.pth"
+    malicious.write_bytes(pickle.dumps({"model": _RunsShellCommand(folder / "marker")}, protocol=2))
+    return {"text": text, "malicious": malicious}
+
+
+@pytest.mark.parametrize("command", ["selection", "prune"])
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("text", "neither a safetensors file nor a torch pickle"), ("malicious", "Refused to load")],
+)
+def test_cli_rejects_unreadable_checkpoint(run_dir, tmp_path, capsys, command, kind, message) -> None:
+    from eos_pangaea.cli import main
+
+    checkpoint = _unreadable_checkpoints(tmp_path)[kind]
+    argv = [command, str(checkpoint), "--run-config", str(run_dir / "configs" / "config.yaml")]
+    if command == "prune":
+        argv += ["--output", str(tmp_path / "small")]
+
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert str(checkpoint) in captured.err
+    assert "Traceback" not in captured.err
+    assert not (tmp_path / "marker").exists()
+    assert not (tmp_path / "small").exists()
+
+
+def test_checkpoint_head_rejects_corrupt_pickle(tmp_path) -> None:
+    from eos_pangaea.weights.files import WeightsError
+
+    # A protocol-2 pickle cut short: torch's weights-only unpickler raises IndexError on it.
+    path = tmp_path / "checkpoint__best.pth"
+    path.write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00ae.")
+
+    with pytest.raises(WeightsError, match="could not be read as a torch file"):
+        load_checkpoint_head(path)
+
+
 def test_encoder_style_load_on_chip(trained, pruned, chip_batch, tmp_path) -> None:
     """Build as the encoder config does (kept names, no top_k, the directory as weights), then load the head."""
     from eos_pangaea.pruning import is_pruned_export, load_pruned_head
