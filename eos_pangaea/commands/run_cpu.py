@@ -54,9 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--chip", type=Path, default=None, metavar="DIR",
                       help="folder of one chip's *_S1Hand.tif, *_S2Hand.tif and *_LabelHand.tif "
                       "(default: the shipped 128 x 128 demo chip)")
-    demo.add_argument("--tile", type=int, default=64, help="tile size in pixels (default: 64)")
-    demo.add_argument("--max-train", type=int, default=None, metavar="N",
-                      help="keep at most N training samples (default: all)")
+    demo.add_argument("--tile", type=int, default=64,
+                      help="tile size in pixels, at least 32 and at most half the chip's height (default: 64)")
+    demo.add_argument("--max-train", type=int, default=200, metavar="N",
+                      help="keep at most N training samples, spread evenly over the chip; at least 20, "
+                      "which PANGAEA's 10%% stratified subset needs (default: 200, about 14 MB with 64-pixel tiles)")
     demo.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     demo.set_defaults(func=_demo_data)
 
@@ -91,4 +93,7 @@ def _demo_data(args: argparse.Namespace) -> int:
                                        overwrite=args.overwrite)
     print(f"{layout.root}: {layout.splits['train']} train, {layout.splits['val']} val, "
           f"{layout.splits['test']} test samples; pass dataset.root_path={layout.root.resolve()}")
+    if layout.splits["train"] < layout.available_train:
+        print(f"The chip gives {layout.available_train} training samples at --tile {args.tile}; "
+              f"--max-train {args.max_train} kept {layout.splits['train']}.")
     return 0
