@@ -223,18 +223,24 @@ def load_head_into(model: EoSFM, head: Mapping[str, Any], source: str = "the che
                          f"{list(result.unexpected_keys)}. Build the ensemble with the run's settings.")
 
 
-def prune_checkpoint(model: EoSFM, checkpoint: str | Path, **options: Any) -> EoSFM:
+def prune_checkpoint(
+    model: EoSFM, checkpoint: str | Path, *, head: Mapping[str, Any] | None = None, **options: Any
+) -> EoSFM:
     """Load a PANGAEA checkpoint's head into ``model`` and prune it to its top k.
 
     Args:
         model: The ensemble as the run built it, specialists' weights loaded.
         checkpoint: The PANGAEA checkpoint file.
+        head: The head :func:`load_checkpoint_head` already read from
+            ``checkpoint``; read from the file when omitted.
         **options: Passed to :func:`prune_ensemble`.
 
     Raises:
         ValueError: The head does not fit ``model``, or ``model`` has no top-k cut.
     """
-    load_head_into(model, load_checkpoint_head(checkpoint), source=str(checkpoint))
+    if head is None:
+        head = load_checkpoint_head(checkpoint)
+    load_head_into(model, head, source=str(checkpoint))
     if model.selection.top_k is None:
         raise ValueError(f"The ensemble has top_k=None, so every specialist is kept and pruning removes nothing; "
                          f"build it with the run's top_k (or the k to keep) before pruning {checkpoint}.")

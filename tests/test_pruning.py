@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -259,6 +261,110 @@ def test_cli_prune_missing_config(checkpoint, tmp_path, capsys) -> None:
     status = main(["prune", checkpoint, "-o", str(tmp_path / "x"), "--run-config", str(tmp_path / "none.yaml")])
     assert status == 1
     assert "none.yaml not found" in capsys.readouterr().err
+
+
+def test_cli_prune_ranks_trained_weights(run_dir, tmp_path, capsys) -> None:
+    from eos_pangaea.cli import main
+
+    assert main(["prune", str(run_dir / "checkpoint__best.pth"), "--output", str(tmp_path / "small")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Specialists ranked by selection weight (top_k=3):"
+    assert lines[2].split()[1:] == ["bigearthnet-s1", "1.6000", "kept"]
+    assert lines[7].split()[1:] == ["eurosat", "0.2000", "dropped"]
+
+
+def test_cli_prune_missing_checkpoint(tmp_path, capsys) -> None:
+    from eos_pangaea.cli import main
+
+    missing = tmp_path / "nonexist.pth"
+    assert main(["prune", str(missing), "-o", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert f"Checkpoint {missing} not found" in err
+    assert "Run config" not in err
+
+
+def _random_weights_config(run_dir, tmp_path, seed: int):
+    """Write the run's config with encoder_weights=random and the given seed."""
+    text = (run_dir / "configs" / "config.yaml").read_text()
+    lines = [line for line in text.splitlines() if not line.startswith(("seed:", "  encoder_weights:"))]
+    path = tmp_path / f"config_seed{seed}.yaml"
+    path.write_text("\n".join([f"seed: {seed}", *lines, "  encoder_weights: random"]) + "\n")
+    return path
+
+
+def test_cli_prune_random_from_seed(run_dir, trained, chip_batch, tmp_path, capsys) -> None:
+    from eos_pangaea.cli import main
+
+    # The trained fixture drew its specialists right after torch.manual_seed(0), as PANGAEA's run.py does.
+    config = _random_weights_config(run_dir, tmp_path, seed=0)
+    argv = ["prune", str(run_dir / "checkpoint__best.pth"), "-o", str(tmp_path / "small"), "--run-config", str(config)]
+
+    torch.manual_seed(7)  # prune must reseed, not rely on the state the test starts with
+    assert main(argv) == 0, capsys.readouterr().err
+    loaded = load_pruned_ensemble(tmp_path / "small")
+    for actual, expected in zip(_features(loaded, chip_batch), _features(trained, chip_batch)):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_prune_random_wrong_seed(run_dir, tmp_path, capsys) -> None:
+    from eos_pangaea.cli import main
+
+    config = _random_weights_config(run_dir, tmp_path, seed=1)
+    argv = ["prune", str(run_dir / "checkpoint__best.pth"), "-o", str(tmp_path / "small"), "--run-config", str(config)]
+
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "random specialists drawn from the run's seed 1" in captured.err
+    assert "pass --encoder-weights SOURCE" in captured.err
+    assert "Specialists ranked" not in captured.out
+    assert not (tmp_path / "small").exists()
+
+
+def test_cli_prune_other_weights_source(run_dir, tmp_path, capsys) -> None:
+    from eos_pangaea.cli import main
+    from eos_pangaea.weights import export_directory
+
+    other = tmp_path / "other_weights"
+    torch.manual_seed(5)  # the trained fixture's specialists come from seed 0
+    export_directory(build_specialists(load_specialist_specs(NAMES)), other)
+    argv = ["prune", str(run_dir / "checkpoint__best.pth"), "-o", str(tmp_path / "small"),
+            "--encoder-weights", str(other)]
+
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"than the weights --encoder-weights {other} loads" in err
+    assert "pass --encoder-weights SOURCE" in err
+
+
+@pytest.mark.pangaea
+@pytest.mark.slow
+def test_cli_prune_random_demo_run(tmp_path, monkeypatch, capsys) -> None:
+    """Prune a real `run-cpu --demo` run, trained with random specialists, without --encoder-weights."""
+    from eos_pangaea.cli import main
+    from eos_pangaea.demo_data import build_sen1floods11_layout
+
+    demo_root = build_sen1floods11_layout(tmp_path / "data", max_train=24).root
+    monkeypatch.chdir(tmp_path)
+    overrides = ["encoder.specialists=[eurosat,sen12ms-s1,etci2021]", "encoder.top_k=2",
+                 "encoder.selection_warmup_steps=2", "decoder.channels=32", f"work_dir={tmp_path / 'work'}"]
+    root_logger = logging.getLogger()
+    handlers, level = list(root_logger.handlers), root_logger.level
+    try:
+        assert main(["run-cpu", "--demo", "--demo-root", str(demo_root), *overrides]) == 0
+    finally:
+        # PANGAEA's init_logger adds root handlers on streams that pytest closes after this test.
+        root_logger.handlers[:] = handlers
+        root_logger.setLevel(level)
+    (run,) = (tmp_path / "work").iterdir()
+    capsys.readouterr()
+
+    torch.manual_seed(7)
+    status = main(["prune", str(run / "checkpoint__best.pth"), "-o", str(tmp_path / "small")])
+
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "Kept 2 of 3 specialists" in captured.out
+    assert load_pruned_ensemble(tmp_path / "small").selection.weight.shape == (2,)
 
 
 class _RunsShellCommand:

@@ -30,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_config_options(parser)
     parser.add_argument(
         "--encoder-weights", metavar="SOURCE",
-        help="specialist weights to load (default: the run's encoder.encoder_weights); 'random' keeps the random "
-        "initialisation, which only matches a run trained with random specialists",
+        help="specialist weights to load (default: the run's encoder.encoder_weights); 'random' rebuilds the "
+        "random specialists from the run's seed as PANGAEA's run.py does, which matches a run trained with "
+        "encoder.encoder_weights=random",
     )
     parser.set_defaults(func=run)
 
@@ -47,18 +48,21 @@ def add_run_config_options(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prune the checkpoint, write the directory and print the report."""
-    from eos_pangaea.pruning import count_parameters, export_pruned, prune_checkpoint, selection_report
+    from eos_pangaea.pruning import count_parameters, export_pruned, load_checkpoint_head, prune_checkpoint, selection_report
 
+    head = load_checkpoint_head(args.checkpoint)
     settings = read_encoder_settings(args.checkpoint, args.run_config)
     if args.top_k is not None:
         settings["top_k"] = args.top_k
-    model = build_ensemble(settings)
     weights = args.encoder_weights or str(settings.get("encoder_weights") or RANDOM_WEIGHTS)
+    seed = read_run_seed(run_config_path(args.checkpoint, args.run_config))
+    model = build_ensemble(settings, seed=seed)
     _load_specialists(model, weights)
-    print(selection_report(model.selection, eligible_only=True))
+    _check_specialist_weights(model, head, weights, seed, args.checkpoint)
 
-    pruned = prune_checkpoint(model, args.checkpoint, band_labels=settings.get("band_labels") or {},
+    pruned = prune_checkpoint(model, args.checkpoint, head=head, band_labels=settings.get("band_labels") or {},
                               missing_bands=settings.get("missing_bands") or "skip")
+    print(selection_report(model.selection, eligible_only=True))
     export_pruned(pruned, args.output, source={
         "checkpoint": str(args.checkpoint.resolve()),
         "top_k": settings["top_k"],
@@ -79,6 +83,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_config_path(checkpoint: Path, run_config: Path | None) -> Path:
+    """Return ``run_config``, or ``configs/config.yaml`` in the checkpoint's folder."""
+    return run_config or checkpoint.parent / "configs" / "config.yaml"
+
+
+def read_run_seed(path: Path) -> int | None:
+    """Return the run's top-level ``seed`` from its Hydra config, or ``None`` when it is not an integer."""
+    from omegaconf import OmegaConf
+
+    seed = OmegaConf.load(path).get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 def read_encoder_settings(checkpoint: Path, run_config: Path | None) -> dict[str, Any]:
     """Return the run's resolved ``encoder`` section.
 
@@ -88,7 +105,7 @@ def read_encoder_settings(checkpoint: Path, run_config: Path | None) -> dict[str
     """
     from omegaconf import OmegaConf
 
-    path = run_config or checkpoint.parent / "configs" / "config.yaml"
+    path = run_config_path(checkpoint, run_config)
     if not path.is_file():
         raise FileNotFoundError(f"Run config {path} not found; pass --run-config with the run's configs/config.yaml.")
     config = OmegaConf.load(path)
@@ -102,14 +119,27 @@ def read_encoder_settings(checkpoint: Path, run_config: Path | None) -> dict[str
     return settings
 
 
-def build_ensemble(settings: dict[str, Any]):
-    """Build the ensemble a run's encoder settings describe, with random specialists."""
+def build_ensemble(settings: dict[str, Any], seed: int | None = None):
+    """Build the ensemble a run's encoder settings describe, with random specialists.
+
+    With ``seed``, the specialists are drawn as in the run: PANGAEA's
+    ``run.py`` calls ``fix_seed(cfg.seed)`` (``torch.manual_seed`` among
+    others) and then builds the encoder, whose first random draws are the
+    specialists. The global torch random state is restored afterwards.
+    """
+    import torch
+
     from eos_pangaea.ensemble import EoSFM
     from eos_pangaea.specialists import build_specialists, load_specialist_specs
 
     names = settings.get("specialists")
+    specs = load_specialist_specs(None if names is None else list(names))
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        specialists = build_specialists(specs)
     return EoSFM(
-        build_specialists(load_specialist_specs(None if names is None else list(names))),
+        specialists,
         settings["input_bands"],
         dataset=settings.get("dataset_name"),
         band_labels=settings.get("band_labels") or {},
@@ -124,9 +154,31 @@ def build_ensemble(settings: dict[str, Any]):
 
 def _load_specialists(model, weights: str) -> None:
     if weights == RANDOM_WEIGHTS:
-        logger.warning("Specialists keep their random initialisation (encoder_weights=random); the checkpoint "
-                       "loads only if the run used the same random specialists.")
+        logger.info("Specialists keep the random initialisation drawn from the run's seed (encoder_weights=random).")
         return
     from eos_pangaea.weights import load_ensemble_weights
 
     load_ensemble_weights(model, weights)
+
+
+def _check_specialist_weights(model, head: dict, weights: str, seed: int | None, checkpoint: Path) -> None:
+    """Check the specialists' digests against those the checkpoint records, with a fix for the command line."""
+    extra = head.get("_extra_state")
+    recorded = extra.get("sha256") if isinstance(extra, dict) else None
+    if not isinstance(recorded, dict):
+        return  # The head's own check (EoSFM.set_extra_state) reports a checkpoint without digests.
+    current = model.specialist_digests()
+    changed = [name for name, digest in recorded.items() if name in current and current[name] != digest]
+    if not changed:
+        return
+    if weights != RANDOM_WEIGHTS:
+        loaded = f"the weights --encoder-weights {weights} loads"
+    elif seed is None:
+        loaded = "random specialists, and the run config has no integer seed to draw them as the run did"
+    else:
+        loaded = f"the random specialists drawn from the run's seed {seed}"
+    raise ValueError(
+        f"{checkpoint} was trained with other weights for specialists {changed} than {loaded}; pass "
+        "--encoder-weights SOURCE with the specialist weights the run was trained with (its "
+        "encoder.encoder_weights, for example hf://pierreadorni/eos-fm or a local directory)."
+    )
