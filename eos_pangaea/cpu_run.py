@@ -69,8 +69,9 @@ def run_cpu(overrides: Sequence[str], pangaea_root: str | Path | None = None) ->
         overrides: The overrides one would pass to ``pangaea/run.py``, for
             example ``["encoder=eos_fm", "dataset=sen1floods11", ...]``.
         pangaea_root: PANGAEA checkout whose ``configs`` folder to use. By
-            default the checkout PANGAEA is installed from, else the current
-            directory.
+            default the current directory if it contains
+            ``configs/train.yaml``, else the checkout PANGAEA is installed
+            from (see :func:`find_config_dir`).
 
     Raises:
         RuntimeError: PANGAEA is not installed, or ``WORLD_SIZE`` requests
@@ -101,8 +102,11 @@ def find_config_dir(pangaea_root: str | Path | None = None) -> Path:
     """Return the ``configs`` folder of a PANGAEA checkout.
 
     Args:
-        pangaea_root: The checkout; by default the one PANGAEA is installed
-            from (editable install), else the current directory.
+        pangaea_root: The checkout. By default the current directory comes
+            first when it contains ``configs/train.yaml``, because the README
+            tells users to run from the PANGAEA checkout, whose configs may differ
+            from the installed one's. The checkout PANGAEA is installed from
+            (editable install) comes second.
 
     Raises:
         FileNotFoundError: The folder has no ``configs/train.yaml``.
@@ -113,7 +117,7 @@ def find_config_dir(pangaea_root: str | Path | None = None) -> Path:
     else:
         import pangaea
 
-        candidates += [Path(pangaea.__file__).resolve().parents[1], Path.cwd()]
+        candidates += [Path.cwd(), Path(pangaea.__file__).resolve().parents[1]]
     for root in candidates:
         if (root / "configs" / "train.yaml").is_file():
             return (root / "configs").resolve()

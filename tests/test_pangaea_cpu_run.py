@@ -19,6 +19,34 @@ def test_merge_overrides_replaces_defaults():
     assert merged == ["batch_size=4", "encoder=x", "dataset=b", "+extra=1"]
 
 
+@pytest.mark.pangaea
+def test_config_dir_prefers_current_checkout(tmp_path, monkeypatch, pangaea_config_dir):
+    from eos_pangaea.cpu_run import find_config_dir
+
+    checkout = tmp_path / "pangaea-bench"
+    (checkout / "configs").mkdir(parents=True)
+    (checkout / "configs" / "train.yaml").write_text("train: true\n")
+    monkeypatch.chdir(checkout)
+    assert find_config_dir() == (checkout / "configs").resolve()
+
+    monkeypatch.chdir(tmp_path)  # not a checkout: the installed one's configs
+    assert find_config_dir() == pangaea_config_dir.resolve()
+
+    assert find_config_dir(checkout) == (checkout / "configs").resolve()
+
+
+def test_run_cpu_help_names_outputs(capsys):
+    from eos_pangaea.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run-cpu", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "work_dir=DIR" in text
+    assert "hydra.run.dir=DIR" in text
+    assert "./outputs/<date>/<time>/" in text
+    assert "current directory if it contains configs/train.yaml" in text
+
+
 def test_sync_batchnorm_swap_shares_tensors():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4), nn.Sequential(nn.SyncBatchNorm(4)))
     keys = list(model.state_dict())

@@ -26,14 +26,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Run PANGAEA's pangaea/run.py on the CPU (gloo, one process) with the same Hydra "
             "overrides, experiment folder and logs. Without overrides, or with --demo, run EoS-FM "
             "on Sen1Floods11 tiles of the shipped demo chip for 2 epochs; overrides given with "
-            "--demo replace the demo's values."
+            "--demo replace the demo's values. Configs come from --pangaea-root, else from "
+            "./configs when the current directory is a PANGAEA checkout (contains configs/train.yaml), "
+            "else from the checkout PANGAEA is installed from; the log names the folder used. "
+            "Outputs go under the current directory: the experiment folder (checkpoints, train.log) "
+            "under PANGAEA's work_dir, which is empty by default, so ./<experiment name>/ "
+            "(override with work_dir=DIR); Hydra's run folder ./outputs/<date>/<time>/ (override "
+            "with hydra.run.dir=DIR); and for the demo job its dataset in --demo-root."
         ),
         epilog="example: eos-pangaea run-cpu encoder=eos_fm dataset=sen1floods11 decoder=seg_upernet "
         "task=segmentation preprocessing=seg_default criterion=cross_entropy dataset.root_path=DIR",
     )
     run.add_argument("--pangaea-root", type=Path, default=None, metavar="DIR",
-                     help="PANGAEA checkout whose configs to use (default: the installed checkout, "
-                     "else the current directory)")
+                     help="PANGAEA checkout whose configs/ folder to use (default: the current directory "
+                     "if it contains configs/train.yaml, else the checkout PANGAEA is installed from)")
     run.add_argument("--demo", action="store_true", help="run the demo job, with OVERRIDES applied on top")
     run.add_argument("--demo-root", type=Path, default=DEFAULT_DEMO_ROOT, metavar="DIR",
                      help=f"where the demo's dataset folder is built if missing (default: ./{DEFAULT_DEMO_ROOT})")
