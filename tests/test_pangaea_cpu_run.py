@@ -47,6 +47,18 @@ def test_run_cpu_help_names_outputs(capsys):
     assert "current directory if it contains configs/train.yaml" in text
 
 
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "pangaea.md"
+
+
+def test_docs_list_demo_overrides():
+    from eos_pangaea.cpu_run import DEMO_OVERRIDES
+
+    block = DOCS.read_text().split("it runs the demo job:\n\n```\n", 1)[1].split("```", 1)[0]
+    documented = block.split()
+    assert documented[:-1] == list(DEMO_OVERRIDES)
+    assert documented[-1] == "dataset.root_path=./data/eos_pangaea_demo_sen1floods11"
+
+
 def test_sync_batchnorm_swap_shares_tensors():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4), nn.Sequential(nn.SyncBatchNorm(4)))
     keys = list(model.state_dict())
