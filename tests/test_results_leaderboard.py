@@ -169,6 +169,27 @@ def test_fraction_scale_warning(tmp_path):
     assert any("looks like a fraction" in note for note in leaderboard.notes)
 
 
+def test_value_outside_reference_range_flagged(table3_leaderboard):
+    biomassters = "20261204_192126_3f9a1c_eos_fm_reg_upernet_biomassters"
+    lines = [note for note in table3_leaderboard.notes if note.startswith(biomassters)]
+
+    assert len(lines) == 1, table3_leaderboard.notes
+    assert f"test RMSE {EOS_FM_BIOMASSTERS}" in lines[0]
+    assert "far outside the table3 values" in lines[0]
+    assert "still ranked" in lines[0]
+    # Flagged, not dropped: the run is still the BioMassters cell of eos_fm.
+    assert rows_by_model(table3_leaderboard)["eos_fm"].cells["BioMassters"].mean == pytest.approx(EOS_FM_BIOMASSTERS)
+
+
+def test_value_inside_reference_range_not_flagged():
+    runs, _ = read_runs([WORK_DIR / "20261204_192126_3f9a1c_eos_fm_reg_upernet_biomassters"])
+    runs[0].value = 42.0
+
+    leaderboard = build_leaderboard(runs, reference=load_reference_table("table3"))
+
+    assert not any("far outside" in note for note in leaderboard.notes)
+
+
 def test_cli_reports_non_utf8_config(tmp_path, capsys):
     for folder in ("20261204_192121_b71e02_eos_fm_seg_upernet_hlsburnscars", BAD_CONFIG_RUN):
         shutil.copytree(WORK_DIR / "20261204_192121_b71e02_eos_fm_seg_upernet_hlsburnscars", tmp_path / folder)

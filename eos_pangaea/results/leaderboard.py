@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 REFERENCE_SOURCE = "reference"
 RUNS_SOURCE = "runs"
 
+# A run value below the reference column's minimum divided by this, or above its maximum times
+# this, gets a report line.
+REFERENCE_RANGE_FACTOR = 2.0
 # Label fractions closer than this are the same setting (0.1 written as 0.10000001).
 LABEL_FRACTION_TOLERANCE = 1e-6
 
@@ -300,6 +303,8 @@ def _run_rows(
 
     groups: dict[tuple[str, str], list[RunRecord]] = {}
     for run in _drop_duplicates(usable, notes):
+        if reference is not None:
+            _check_reference_range(run, reference, notes)
         groups.setdefault((_model_name(run), run.column), []).append(run)
 
     rows: dict[str, ModelRow] = {}
@@ -349,6 +354,27 @@ def _drop_duplicates(runs: list[RunRecord], notes: list[str]) -> list[RunRecord]
                 "delete one folder or give the runs different seeds"
             )
     return kept
+
+
+def _check_reference_range(run: RunRecord, reference: ReferenceTable, notes: list[str]) -> None:
+    """Flag a run whose value is far outside the reference column, which suggests other units or a broken run.
+
+    The run stays ranked, but such a value can become the column's best and
+    move every row's distance to it. Far means below half of the reference
+    minimum or above twice the maximum.
+    """
+    values = [row.cells[run.column].value for row in reference.rows if run.column in row.cells]
+    if not values:
+        return
+    low, high = min(values), max(values)
+    if low / REFERENCE_RANGE_FACTOR <= run.value <= high * REFERENCE_RANGE_FACTOR:
+        return
+    notes.append(
+        f"{run.path.name}: test {run.metric} {run.value:g} is far outside the {reference.name} values "
+        f"{low:g}-{high:g} for {run.column} (below half the minimum or above twice the maximum); it is "
+        "still ranked and can move every row's distance to the best, so check the run's units, dataset "
+        "and training"
+    )
 
 
 def _check_percent_scale(
