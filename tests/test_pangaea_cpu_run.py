@@ -59,6 +59,22 @@ def test_docs_list_demo_overrides():
     assert documented[-1] == "dataset.root_path=./data/eos_pangaea_demo_sen1floods11"
 
 
+def test_run_commands_pass_weights_source(capsys):
+    from eos_pangaea.cli import main
+
+    # Until the manifest records the hub's file names, the default source fails.
+    commands = re.findall(r"eos-pangaea run-cpu encoder=[^`]*?dataset\.root_path=DIR",
+                          DOCS.read_text().replace("\\\n", " "))
+    assert commands
+    for command in commands:
+        assert "encoder.encoder_weights=SOURCE" in command, command
+
+    with pytest.raises(SystemExit):
+        main(["run-cpu", "--help"])
+    epilog = " ".join(capsys.readouterr().out.split()).split("example:", 1)[1]
+    assert "encoder.encoder_weights=SOURCE" in epilog
+
+
 def test_sync_batchnorm_swap_shares_tensors():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4), nn.Sequential(nn.SyncBatchNorm(4)))
     keys = list(model.state_dict())

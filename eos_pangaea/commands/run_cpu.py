@@ -34,8 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(override with work_dir=DIR); Hydra's run folder ./outputs/<date>/<time>/ (override "
             "with hydra.run.dir=DIR); and for the demo job its dataset in --demo-root."
         ),
-        epilog="example: eos-pangaea run-cpu encoder=eos_fm dataset=sen1floods11 decoder=seg_upernet "
-        "task=segmentation preprocessing=seg_default criterion=cross_entropy dataset.root_path=DIR",
+        epilog="example: eos-pangaea run-cpu encoder=eos_fm encoder.encoder_weights=SOURCE "
+        "dataset=sen1floods11 decoder=seg_upernet task=segmentation preprocessing=seg_default "
+        "criterion=cross_entropy dataset.root_path=DIR (SOURCE: a weights source, see docs/weights.md)",
     )
     run.add_argument("--pangaea-root", type=Path, default=None, metavar="DIR",
                      help="PANGAEA checkout whose configs/ folder to use (default: the current directory "
