@@ -38,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     ks = _parse_ks(args.ks)
+    _check_ks(ks, args)
     failed = []
     for k in ks:
         command = build_command(k, args)
@@ -53,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         logger.error("Failed runs: top_k=%s; rerun them with --ks %s", failed, ",".join(map(str, failed)))
         return 1
-    logger.info("Done. Plot with: eos-pangaea plot-scaling %s", args.work_dir)
+    # The runs start in --pangaea-root, so print the absolute work_dir that build_command passes them.
+    logger.info("Done. Plot with: eos-pangaea plot-scaling %s", args.work_dir.resolve())
     return 0
 
 
@@ -78,6 +80,50 @@ def _parse_ks(text: str) -> list[int]:
     if not ks or min(ks) < 1:
         raise SystemExit(f"--ks {text!r} is invalid; pass positive integers such as 2,4,6")
     return ks
+
+
+def _check_ks(ks: list[int], args: argparse.Namespace) -> None:
+    """Reject a k above the number of specialists the runs' encoder config lists."""
+    count, source = _specialist_count(args)
+    if count is None:
+        logger.warning("Cannot count the specialists of encoder %s (%s); --ks is not checked", args.encoder, source)
+        return
+    too_large = [k for k in ks if k > count]
+    if too_large:
+        raise SystemExit(f"--ks {args.ks!r} is invalid: top_k {too_large} exceeds the {count} specialists of "
+                         f"{source}; pass values from 1 to {count}")
+
+
+def _specialist_count(args: argparse.Namespace) -> tuple[int | None, str]:
+    """Return the number of specialists the runs build and where it comes from.
+
+    The source is an ``encoder.specialists=[...]`` override, else the encoder
+    config in this package or in the PANGAEA checkout. ``specialists: null``
+    means every specialist of the weights manifest.
+    """
+    import yaml
+
+    from eos_pangaea.specialists import load_specialist_specs
+
+    for override in reversed(args.overrides):
+        key, _, value = override.partition("=")
+        if key.lstrip("+") == "encoder.specialists":
+            names = yaml.safe_load(value)
+            if names is None:
+                return len(load_specialist_specs()), f"{override} (every specialist of the manifest)"
+            return (len(names), override) if isinstance(names, list) else (None, f"{override} is not a list")
+
+    import eos_pangaea.configs
+
+    candidates = [Path(eos_pangaea.configs.__file__).parent / "encoder" / f"{args.encoder}.yaml",
+                  args.pangaea_root / "configs" / "encoder" / f"{args.encoder}.yaml"]
+    config_path = next((path for path in candidates if path.is_file()), None)
+    if config_path is None:
+        return None, f"no {args.encoder}.yaml in {candidates[0].parent} or {candidates[1].parent}"
+    names = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("specialists")
+    if names is None:
+        return len(load_specialist_specs()), f"{config_path} (specialists: null, every specialist of the manifest)"
+    return len(names), f"{config_path}"
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -56,3 +56,51 @@ def test_plot_scaling_reports_non_utf8_config(tmp_path: Path, capsys: pytest.Cap
     assert "configs/config.yaml is not valid UTF-8" in skipped[0]
     rows = [line.split() for line in out.splitlines() if line.startswith("HLSBurnScars")]
     assert [row[2:4] for row in rows] == [["2", "1"]]
+
+
+def _load_scaling_study():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "scaling_study.py"
+    spec = importlib.util.spec_from_file_location("scaling_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_pangaea_root(tmp_path: Path) -> Path:
+    root = tmp_path / "pangaea-bench"
+    (root / "pangaea").mkdir(parents=True)
+    (root / "pangaea" / "run.py").write_text("")
+    return root
+
+
+def test_scaling_study_prints_absolute_work_dir(tmp_path, monkeypatch, caplog) -> None:
+    study = _load_scaling_study()
+    root = _fake_pangaea_root(tmp_path)
+    monkeypatch.chdir(tmp_path)
+
+    with caplog.at_level("INFO", logger="scaling_study"):
+        assert study.main(["--pangaea-root", str(root), "--ks", "2", "--dry-run"]) == 0
+
+    assert f"Plot with: eos-pangaea plot-scaling {tmp_path / 'work_dir' / 'scaling'}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "count"),
+    [([], None), (["encoder.specialists=[eurosat,etci2021]"], 2)],
+)
+def test_scaling_study_rejects_k_above_specialists(tmp_path, overrides, count) -> None:
+    from eos_pangaea.specialists import load_specialist_specs
+
+    # eos_fm.yaml sets specialists: null, which means every specialist of the manifest.
+    count = len(load_specialist_specs()) if count is None else count
+    study = _load_scaling_study()
+    root = _fake_pangaea_root(tmp_path)
+
+    with pytest.raises(SystemExit) as raised:
+        study.main(["--pangaea-root", str(root), "--ks", "2,50", "--dry-run", "--", *overrides])
+
+    message = str(raised.value)
+    assert "--ks '2,50' is invalid: top_k [50]" in message
+    assert f"pass values from 1 to {count}" in message

@@ -367,6 +367,21 @@ def test_cli_prune_random_demo_run(tmp_path, monkeypatch, capsys) -> None:
     assert load_pruned_ensemble(tmp_path / "small").selection.weight.shape == (2,)
 
 
+@pytest.mark.parametrize("command", ["selection", "prune"])
+def test_cli_rejects_top_k_above_specialists(run_dir, tmp_path, capsys, command) -> None:
+    from eos_pangaea.cli import main
+
+    argv = [command, str(run_dir / "checkpoint__best.pth"), "--top-k", "99"]
+    if command == "prune":
+        argv += ["--output", str(tmp_path / "small")]
+
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--top-k 99 is invalid" in err
+    assert "has 6 specialists, so pass a k from 1 to 6" in err
+    assert not (tmp_path / "small").exists()
+
+
 class _RunsShellCommand:
     """A pickle whose loading would run a shell command that creates a marker file."""
 

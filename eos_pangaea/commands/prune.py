@@ -49,10 +49,13 @@ def add_run_config_options(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Prune the checkpoint, write the directory and print the report."""
     from eos_pangaea.pruning import count_parameters, export_pruned, load_checkpoint_head, prune_checkpoint, selection_report
+    from eos_pangaea.specialists import load_specialist_specs
 
     head = load_checkpoint_head(args.checkpoint)
     settings = read_encoder_settings(args.checkpoint, args.run_config)
     if args.top_k is not None:
+        names = settings.get("specialists")
+        check_top_k(args.top_k, len(names) if names is not None else len(load_specialist_specs()), "the run")
         settings["top_k"] = args.top_k
     weights = args.encoder_weights or str(settings.get("encoder_weights") or RANDOM_WEIGHTS)
     seed = read_run_seed(run_config_path(args.checkpoint, args.run_config))
@@ -81,6 +84,16 @@ def run(args: argparse.Namespace) -> int:
     # NOTE: the PANGAEA encoder loads only the specialists from such a directory; its trained head
     # (head.safetensors) needs eos_pangaea.pruning.load_pruned_head, which the encoder does not call yet.
     return 0
+
+
+def check_top_k(top_k: int, count: int, owner: str) -> None:
+    """Reject a ``--top-k`` outside 1 to ``count``, the number of specialists of ``owner``.
+
+    Raises:
+        ValueError: ``top_k`` is out of range.
+    """
+    if not 1 <= top_k <= count:
+        raise ValueError(f"--top-k {top_k} is invalid: {owner} has {count} specialists, so pass a k from 1 to {count}.")
 
 
 def run_config_path(checkpoint: Path, run_config: Path | None) -> Path:

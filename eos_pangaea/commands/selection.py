@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the ranking."""
     import torch
 
+    from eos_pangaea.commands.prune import check_top_k
     from eos_pangaea.pruning import load_checkpoint_head, selection_report
     from eos_pangaea.selection import SpecialistSelection
 
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     weights = head["selection.weight"]
     names = _specialist_names(head, args.checkpoint, len(weights))
     eligible = head.get("selection.eligible", torch.ones(len(weights), dtype=torch.bool))
+    if args.top_k is not None:
+        check_top_k(args.top_k, len(names), f"checkpoint {args.checkpoint}")
     selection = SpecialistSelection(names, eligible.tolist(), _top_k(args))
     with torch.no_grad():
         selection.weight.copy_(weights)
