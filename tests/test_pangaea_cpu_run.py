@@ -175,6 +175,10 @@ def check_trained_head_only(exp_dir: Path, built: dict) -> None:
     for name in fusion:
         assert not torch.equal(state[f"encoder.{name}"], built["head"][name]), name
 
+    # Without the frozen specialists, a checkpoint holds the head, the small decoder and their optimiser state.
+    for checkpoint in exp_dir.glob("checkpoint_*.pth"):
+        assert checkpoint.stat().st_size < 20_000_000, checkpoint
+
     # The test evaluation reloaded the best checkpoint strictly into the same encoder.
     best = torch.load(exp_dir / "checkpoint__best.pth", map_location="cpu", weights_only=False)["model"]
     assert torch.equal(best["encoder.ensemble.selection.weight"], encoder.ensemble.selection.weight.detach())
@@ -207,3 +211,26 @@ def test_cpu_run_limited_labels(tmp_path, monkeypatch, demo_root, pangaea_config
     iou = final_test_iou(log)
     assert set(iou) == {"Not Water", "Water", "Mean"}, iou
     check_trained_head_only(exp_dir, built)
+    check_ranked_against_table3(exp_dir, iou["Mean"])
+
+
+def check_ranked_against_table3(exp_dir: Path, mean_iou: float) -> None:
+    """Rank the CPU run's experiment folder with the leaderboard against the paper's 10 % label table."""
+    import json
+
+    from eos_pangaea.cli import main
+
+    output = exp_dir.parent / "leaderboard.json"
+    status = main(["leaderboard", str(exp_dir.parent), "--reference", "table3", "--labels", "0.1",
+                   "--format", "json", "--output", str(output)])
+    assert status == 0
+    board = json.loads(output.read_text())
+    assert board["reference"] == "table3"
+    ours = [row for row in board["rows"] if row["source"] == "runs"]
+    assert [row["model"] for row in ours] == ["eos_fm"]
+    cell = ours[0]["cells"]["Sen1Floods11"]
+    assert cell["mean"] == pytest.approx(mean_iou, abs=1e-3)
+    assert cell["distance"] == pytest.approx(board["best"]["Sen1Floods11"] - mean_iou, abs=1e-3)
+    assert ours[0]["coverage"] == 1
+    references = [row["model"] for row in board["rows"] if row["source"] == "reference"]
+    assert "CROMA (303M)" in references and "EoS-FM (72 M)" in references
