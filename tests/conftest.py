@@ -23,6 +23,15 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run torch on one thread: on tiny inputs, OpenMP synchronisation costs more than the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def sen1floods11_chip():
     """Return the real chip as float tensors: optical (13, H, W), sar (2, H, W), label (H, W)."""

@@ -8,6 +8,8 @@ import torch
 from eos_pangaea import EoSFM
 from eos_pangaea.specialists import Specialist, SpecialistSpec, load_specialist_specs
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RGB = {"optical": ["B4", "B3", "B2"]}
 S2_S1 = {"optical": ["B2", "B3", "B4", "B8"], "sar": ["VV", "VH"]}
 

@@ -33,14 +33,7 @@ FLOAT_STRATEGIES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny inputs: with several threads, OpenMP synchronisation costs more than
-    # the work, and far more on a loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ensemble(top_k: int | None = None) -> EoSFM:

@@ -30,13 +30,7 @@ TRAINED_WEIGHTS = [0.7, 1.6, 0.9, 1.4, 0.2, 1.2]
 KEPT = ["bigearthnet-s1", "cloud_cover", "imagenet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small inputs: OpenMP synchronisation between threads costs more than the work.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
