@@ -65,11 +65,11 @@ class EoSFM(nn.Module):
             input's device. When ``None`` (default), ``batch_streams`` and
             ``channels_last`` decide.
         specialists_in_state_dict: Whether ``state_dict()`` contains the frozen
-            specialists. When ``False`` it holds only the trained head
+            specialists. When ``False`` it contains only the trained head
             (selection, normalisation statistics, fusion) plus the names and
-            SHA-256 digests of the specialists, loading such a state dict
-            leaves the specialists as they are, and a strict load still
-            succeeds when the digests match.
+            SHA-256 digests of the specialists. Loading such a state dict
+            leaves the specialists as they are, and a strict load succeeds
+            when the digests match.
 
     Raises:
         ValueError: No specialist can use the input, specialists disagree on

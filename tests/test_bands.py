@@ -87,7 +87,7 @@ def test_hls_burn_scars_routes():
     assert labels_of(irrg, bands) == ["B8A", "B4", "B3"]
 
 
-def test_rgb_only_input_gives_one_stream_per_three_band_specialist():
+def test_rgb_only_input_streams():
     bands = {"optical": ["B4", "B3", "B2"]}
     streams = plan_streams(SPECIALIST_BANDS, bands)
     assert len(streams) == 18
@@ -137,7 +137,8 @@ def test_no_specialist_can_see_input_raises():
     message = str(error.value)
     assert "No specialist can use this input" in message
     assert "B5->red_edge_1" in message
-    assert "eurosat-s2" in message and "loveda: R, G, B" in message
+    assert "eurosat-s2" in message
+    assert "loveda: R, G, B" in message
 
 
 def test_unknown_band_name_raises():

@@ -163,7 +163,7 @@ def test_top_k_ties_break_by_ensemble_order():
     assert model.selection.selected() == [1, 2]
 
 
-def test_top_k_output_matches_full_model_with_dropped_weights_zeroed():
+def test_top_k_equals_zeroed_weights():
     model = EoSFM(small_specs(4), RGB, top_k=2).eval()
     x = {"optical": torch.randn(2, 3, 32, 32)}
     pruned = model(x)
@@ -243,7 +243,8 @@ def test_head_state_dict_leaves_out_specialists():
     model = EoSFM(specs, RGB, specialists_in_state_dict=False)
     state = model.state_dict()
     assert not any(k.startswith("specialists.") for k in state)
-    assert "selection.weight" in state and "_extra_state" in state
+    assert "selection.weight" in state
+    assert "_extra_state" in state
     twin = EoSFM(model.specialists, RGB, specialists_in_state_dict=False)
     twin.load_state_dict(state, strict=True)
     other = EoSFM(specs, RGB, specialists_in_state_dict=False)
