@@ -273,10 +273,7 @@ def count_parameters(encoder: EoSFMEncoder) -> dict[str, int]:
     ensemble = encoder.ensemble
     specialists = sum(p.numel() for p in ensemble.specialists.parameters())
     head = sum(p.numel() for p in encoder.head_parameters())
-    was_training = ensemble.selection.training
-    ensemble.selection.train(False)
-    kept = ensemble.selection.selected()
-    ensemble.selection.train(was_training)
+    kept = ensemble.selection.selected(training=False)
 
     kept_streams = [j for j, stream in enumerate(ensemble.streams) if stream.specialist in kept]
     fusion_used = sum(

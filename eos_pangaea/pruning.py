@@ -72,7 +72,7 @@ def prune_ensemble(
         ValueError: ``keep`` is empty, names an unknown or ineligible
             specialist, or the kept streams cannot be rebuilt from the bands.
     """
-    keep = sorted(set(_selected_in_eval(model.selection) if keep is None else keep))
+    keep = sorted(set(model.selection.selected(training=False) if keep is None else keep))
     _check_keep(model, keep)
     band_labels = dict(band_labels if band_labels is not None else getattr(model, "band_labels", None) or {})
     missing_bands = missing_bands or getattr(model, "missing_bands", None) or "skip"
@@ -354,9 +354,9 @@ def load_pruned_ensemble(path: str | Path, **options: Any) -> EoSFM:
 def load_pruned_head(model: EoSFM, path: str | Path) -> None:
     """Load the head of a directory written by :func:`export_pruned` into ``model``.
 
-    ``model`` must hold the directory's specialists, in its order, with
-    their weights loaded; an encoder built with ``specialists`` set to the
-    kept names, ``top_k`` unset and the directory as weights source does.
+    ``model`` must contain the directory's specialists, in its order, with
+    their weights loaded. An encoder built with ``specialists`` set to the
+    kept names, ``top_k`` unset and the directory as weights source meets this.
 
     Raises:
         FileNotFoundError: The head file is missing.
@@ -371,15 +371,6 @@ def load_pruned_head(model: EoSFM, path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _selected_in_eval(selection: SpecialistSelection) -> list[int]:
-    was_training = selection.training
-    selection.train(False)
-    try:
-        return selection.selected()
-    finally:
-        selection.train(was_training)
 
 
 def _check_keep(model: EoSFM, keep: Sequence[int]) -> None:

@@ -79,11 +79,18 @@ class SpecialistSelection(nn.Module):
         """Whether training passes still run every eligible specialist."""
         return int(self.steps_seen) < self.warmup_steps
 
-    def selected(self) -> list[int]:
-        """Return the indices of the specialists to run now, in ensemble order."""
+    def selected(self, training: bool | None = None) -> list[int]:
+        """Return the indices of the specialists to run, in ensemble order.
+
+        Args:
+            training: Select as in training mode (warm-up applies) or eval
+                mode (the top-k cut always applies); the module's current
+                mode when ``None``.
+        """
+        training = self.training if training is None else training
         candidates = torch.nonzero(self.eligible).flatten().tolist()
         k = self.top_k
-        if k is None or k >= len(candidates) or (self.training and self.in_warmup):
+        if k is None or k >= len(candidates) or (training and self.in_warmup):
             return candidates
         weights = self.weight.detach()[candidates].float().cpu()
         # A stable sort keeps ensemble order among equal weights.
@@ -94,9 +101,7 @@ class SpecialistSelection(nn.Module):
         """Count one training forward pass and log when warm-up ends."""
         self.steps_seen += 1
         if self.top_k is not None and int(self.steps_seen) == self.warmup_steps:
-            self.train(False)
-            kept = [self.names[i] for i in self.selected()]
-            self.train(True)
+            kept = [self.names[i] for i in self.selected(training=False)]
             logger.info("Selection warm-up finished after %d passes; keeping top-%d: %s",
                         self.warmup_steps, self.top_k, ", ".join(kept))
 
@@ -107,10 +112,7 @@ class SpecialistSelection(nn.Module):
 
     def ranking(self) -> list[tuple[str, float, bool]]:
         """Return ``(name, weight, selected)`` for every specialist, largest weight first."""
-        was_training = self.training
-        self.train(False)
-        kept = set(self.selected())
-        self.train(was_training)
+        kept = set(self.selected(training=False))
         weights = self.weight.detach().float().cpu().tolist()
         order = sorted(range(len(weights)), key=lambda i: (-weights[i], i))
         return [(self.names[i], weights[i], i in kept) for i in order]

@@ -153,6 +153,9 @@ def test_eval_applies_top_k_during_warmup():
     model.eval()
     model({"optical": torch.randn(1, 3, 32, 32)})
     assert calls == [1, 1, 1, 0]
+    model.train()
+    assert model.selection.selected() == [0, 1, 2, 3]
+    assert model.selection.selected(training=False) == [0, 1, 2]
 
 
 def test_top_k_ties_break_by_ensemble_order():
