@@ -104,7 +104,7 @@ def find_config_dir(pangaea_root: str | Path | None = None) -> Path:
     Args:
         pangaea_root: The checkout. By default the current directory comes
             first when it contains ``configs/train.yaml``, because the README
-            tells users to run from the PANGAEA checkout, whose configs may differ
+            asks users to run from the PANGAEA checkout, whose configs may differ
             from the installed one's. The checkout PANGAEA is installed from
             (editable install) comes second.
 

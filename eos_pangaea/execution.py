@@ -24,7 +24,7 @@ so the arrangement is an :class:`ExecutionStrategy`:
 
 Every strategy gives the plain one-specialist-at-a-time loop's features
 within float tolerance (bfloat16 within bfloat16 tolerance);
-``tests/test_execution.py`` checks each one. :data:`DEVICE_DEFAULTS` holds the
+``tests/test_execution.py`` checks each one. :data:`DEVICE_DEFAULTS` contains the
 strategy that ``execution="auto"`` picks per device type, chosen from
 ``benchmarks/bench_ensemble.py`` (results in ``docs/benchmarks.md``).
 """

@@ -17,9 +17,10 @@ def make_feature_norm(kind: str, channels: int) -> nn.Module:
     """Build a parameter-free normaliser for a ``(B, channels, H, W)`` map.
 
     Args:
-        kind: ``"batch"`` (batch statistics in training, running statistics
-            in eval; no scale or bias), ``"layer"`` (each sample over channels
-            and space; no scale or bias) or ``"none"``.
+        kind: ``"batch"`` uses batch statistics in training and running
+            statistics in eval. ``"layer"`` normalises each sample over
+            channels and space. Neither has a scale or bias. ``"none"``
+            returns the map unchanged.
         channels: Channels of the feature map.
 
     Raises:

@@ -5,7 +5,7 @@ Avg DTB (average distance to best) is defined in the EoS-FM paper
 compared models (max for mIoU, min for RMSE). Each model's Avg DTB is then
 the mean of ``|value - best|`` over the datasets it has. A model that lacks a dataset is never
 given a value for it: its Avg DTB is over the datasets it has, its coverage
-says how many that is, and it gets no overall rank.
+gives how many that is, and it gets no overall rank.
 """
 
 from __future__ import annotations
